@@ -1,0 +1,69 @@
+"""The animation options: one typed object shared by the CLI, the engines and the job contract.
+
+Defaults are those of the official LivePortrait inference configuration. The gateway validates a
+job's options with this same model, so a job can never carry an option the engines do not know.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DrivingOption = Literal["expression-friendly", "pose-friendly"]
+AnimationRegion = Literal["all", "exp", "pose", "lip", "eyes"]
+OutputKind = Literal["pasteback", "crop", "side_by_side"]
+AudioSource = Literal["driving", "source", "none"]
+
+
+class AnimationOptions(BaseModel):
+    """Every official inference option, with its official default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # motion transfer
+    flag_relative_motion: bool = Field(True, description="Transfer motion relative to the first driving frame.")
+    driving_option: DrivingOption = Field(
+        "expression-friendly",
+        description="expression-friendly rescales relative motion by the source/driving keypoint-hull ratio.",
+    )
+    animation_region: AnimationRegion = Field("all", description="Which part of the motion to transfer.")
+    driving_multiplier: float = Field(1.0, ge=0.0, le=4.0, description="Scales the final keypoint motion.")
+    flag_stitching: bool = Field(True, description="Run the stitching MLP on every driving frame.")
+    flag_eye_retargeting: bool = Field(False, description="Drive the eye openness from the driving ratios.")
+    flag_lip_retargeting: bool = Field(False, description="Drive the lip openness from the driving ratios.")
+    flag_normalize_lip: bool = Field(False, description="Close the source lips before animation.")
+    lip_normalize_threshold: float = Field(0.03, ge=0.0, le=1.0)
+    flag_source_video_eye_retargeting: bool = Field(
+        False, description="Video source: hold each frame's eye openness at the first frame's."
+    )
+    source_video_eye_retargeting_threshold: float = Field(0.18, ge=0.0, le=1.0)
+    flag_video_editing_head_rotation: bool = Field(
+        False, description="Video source: take the (smoothed) head rotation from the driving video."
+    )
+    driving_smooth_observation_variance: float = Field(
+        3e-7, gt=0.0, le=1.0, description="Kalman observation variance for video-source smoothing."
+    )
+
+    # source crop
+    flag_do_crop: bool = Field(True, description="Crop the source face before animation.")
+    flag_pasteback: bool = Field(True, description="Paste the animated crop back into the source frame.")
+    flag_do_rot: bool = Field(True, description="Rotate the source crop to level the face.")
+    det_thresh: float = Field(0.15, gt=0.0, lt=1.0, description="Face detector score threshold.")
+    scale: float = Field(2.3, gt=0.5, le=5.0, description="Source crop size relative to the face box.")
+    vx_ratio: float = Field(0.0, ge=-1.0, le=1.0, description="Source crop horizontal shift.")
+    vy_ratio: float = Field(-0.125, ge=-1.0, le=1.0, description="Source crop vertical shift.")
+    source_max_dim: int = Field(1280, ge=64, le=4096, description="Longest source side before cropping.")
+    source_division: int = Field(2, ge=1, le=64, description="Source sides are rounded down to a multiple.")
+
+    # driving crop
+    flag_crop_driving_video: bool = Field(False, description="Auto-crop the driving video around its face.")
+    scale_crop_driving_video: float = Field(2.2, gt=0.5, le=5.0)
+    vx_ratio_crop_driving_video: float = Field(0.0, ge=-1.0, le=1.0)
+    vy_ratio_crop_driving_video: float = Field(-0.1, ge=-1.0, le=1.0)
+
+    # output
+    output: OutputKind = Field("pasteback", description="Full frame, 512 crop, or driving | source | result.")
+    output_fps: float | None = Field(
+        None, gt=0.0, le=120.0, description="Output fps; default the driving fps (25 for a driving image)."
+    )
+    crf: int = Field(18, ge=0, le=51, description="libx264 constant rate factor.")
+    audio: AudioSource = Field("driving", description="Which input's audio track to copy.")
