@@ -1,0 +1,105 @@
+"""The LivePortrait model: F, M, W, G and S loaded from an official bundle, with batched inference."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .keypoints import NUM_KP, MotionInfo
+from .networks import (
+    AppearanceFeatureExtractor,
+    MotionExtractor,
+    SPADEDecoder,
+    WarpingNetwork,
+    eye_network,
+    lip_network,
+    stitching_network,
+)
+from .weights import load_state_dicts
+
+
+class LivePortraitModel(nn.Module):
+    """All five networks, in eval mode. Images enter as float RGB in [0, 1], NCHW, 256x256."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appearance_feature_extractor = AppearanceFeatureExtractor()
+        self.motion_extractor = MotionExtractor()
+        self.warping_module = WarpingNetwork()
+        self.spade_generator = SPADEDecoder()
+        self.stitching = stitching_network()
+        self.lip = lip_network()
+        self.eye = eye_network()
+        self.eval()
+
+    @classmethod
+    def from_weights(cls, weights_dir: Path, device: str | torch.device = "cpu") -> "LivePortraitModel":
+        """Load an official-layout bundle strictly (every key, every shape)."""
+        model = cls()
+        for name, state in load_state_dicts(weights_dir).items():
+            getattr(model, name).load_state_dict(state, strict=True)
+        return model.to(device).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def extract_appearance(self, source: torch.Tensor) -> torch.Tensor:
+        """F: (B, 3, 256, 256) -> f_s (B, 32, 16, 64, 64)."""
+        return self.appearance_feature_extractor(source)
+
+    @torch.no_grad()
+    def extract_motion(self, images: torch.Tensor) -> MotionInfo:
+        """M: (B, 3, 256, 256) -> refined motion info (keypoints, degrees, rotation)."""
+        return MotionInfo.from_raw(self.motion_extractor(images))
+
+    @torch.no_grad()
+    def stitch(self, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
+        """Stitching: x_d (B, 21, 3) corrected so that the crop blends into the source frame."""
+        b = x_s.shape[0]
+        delta = self.stitching(torch.cat([x_s.reshape(b, -1), x_d.reshape(b, -1)], dim=1))
+        x_d = x_d + delta[:, : 3 * NUM_KP].view(b, NUM_KP, 3)
+        return torch.cat([x_d[..., :2] + delta[:, None, 3 * NUM_KP : 3 * NUM_KP + 2], x_d[..., 2:]], dim=-1)
+
+    @torch.no_grad()
+    def retarget_eye(self, x_s: torch.Tensor, eye_ratios: torch.Tensor) -> torch.Tensor:
+        """Eye retargeting: x_s (B, 21, 3), [c_s,left, c_s,right, c_d,eye] (B, 3) -> delta (B, 21, 3)."""
+        b = x_s.shape[0]
+        return self.eye(torch.cat([x_s.reshape(b, -1), eye_ratios], dim=1)).view(b, NUM_KP, 3)
+
+    @torch.no_grad()
+    def retarget_lip(self, x_s: torch.Tensor, lip_ratios: torch.Tensor) -> torch.Tensor:
+        """Lip retargeting: x_s (B, 21, 3), [c_s,lip, c_d,lip] (B, 2) -> delta (B, 21, 3)."""
+        b = x_s.shape[0]
+        return self.lip(torch.cat([x_s.reshape(b, -1), lip_ratios], dim=1)).view(b, NUM_KP, 3)
+
+    @torch.no_grad()
+    def warp(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> dict[str, torch.Tensor]:
+        """W: f_s (B, 32, 16, 64, 64), x_s, x_d (B, 21, 3) -> out (B, 256, 64, 64), occlusion, deformation."""
+        return self.warping_module(f_s, x_s, x_d)
+
+    @torch.no_grad()
+    def decode(self, feature: torch.Tensor) -> torch.Tensor:
+        """G: (B, 256, 64, 64) -> (B, 3, 512, 512) in [0, 1]."""
+        return self.spade_generator(feature)
+
+    @torch.no_grad()
+    def render(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
+        """W then G for B driving keypoint sets; f_s and x_s broadcast from batch 1."""
+        b = x_d.shape[0]
+        if f_s.shape[0] != b:
+            f_s = f_s.expand(b, *f_s.shape[1:])
+        if x_s.shape[0] != b:
+            x_s = x_s.expand(b, *x_s.shape[1:])
+        return self.decode(self.warp(f_s, x_s, x_d)["out"])
+
+
+def to_uint8_frames(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, clipped and truncated as the official code does."""
+    return (images.clamp(0, 1) * 255).permute(0, 2, 3, 1).to(torch.uint8)
+
+
+def image_to_tensor(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [0, 1]."""
+    return rgb.permute(0, 3, 1, 2).float().div(255.0)
