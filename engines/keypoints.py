@@ -68,7 +68,9 @@ class MotionInfo:
     @staticmethod
     def cat(infos: list["MotionInfo"]) -> "MotionInfo":
         """Concatenate along the batch axis."""
-        return MotionInfo(**{k: torch.cat([getattr(i, k) for i in infos]) for k in MotionInfo.__dataclass_fields__})
+        return MotionInfo(
+            **{k: torch.cat([getattr(i, k) for i in infos]) for k in MotionInfo.__dataclass_fields__}
+        )
 
 
 def transform_keypoints(

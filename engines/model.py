@@ -50,15 +50,24 @@ class LivePortraitModel(nn.Module):
         return self.appearance_feature_extractor(source)
 
     @torch.no_grad()
+    def extract_motion_raw(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """M: (B, 3, 256, 256) -> its raw heads (kp, exp, pitch/yaw/roll bin logits, t, scale)."""
+        return self.motion_extractor(images)
+
     def extract_motion(self, images: torch.Tensor) -> MotionInfo:
         """M: (B, 3, 256, 256) -> refined motion info (keypoints, degrees, rotation)."""
-        return MotionInfo.from_raw(self.motion_extractor(images))
+        return MotionInfo.from_raw(self.extract_motion_raw(images))
+
+    @torch.no_grad()
+    def run_mlp(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """One of the S MLPs ("stitching", "lip", "eye") on raw inputs (B, 126 | 65 | 66)."""
+        return getattr(self, name)(x)
 
     @torch.no_grad()
     def stitch(self, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
         """Stitching: x_d (B, 21, 3) corrected so that the crop blends into the source frame."""
         b = x_s.shape[0]
-        delta = self.stitching(torch.cat([x_s.reshape(b, -1), x_d.reshape(b, -1)], dim=1))
+        delta = self.run_mlp("stitching", torch.cat([x_s.reshape(b, -1), x_d.reshape(b, -1)], dim=1))
         x_d = x_d + delta[:, : 3 * NUM_KP].view(b, NUM_KP, 3)
         return torch.cat([x_d[..., :2] + delta[:, None, 3 * NUM_KP : 3 * NUM_KP + 2], x_d[..., 2:]], dim=-1)
 
@@ -66,13 +75,13 @@ class LivePortraitModel(nn.Module):
     def retarget_eye(self, x_s: torch.Tensor, eye_ratios: torch.Tensor) -> torch.Tensor:
         """Eye retargeting: x_s (B, 21, 3), [c_s,left, c_s,right, c_d,eye] (B, 3) -> delta (B, 21, 3)."""
         b = x_s.shape[0]
-        return self.eye(torch.cat([x_s.reshape(b, -1), eye_ratios], dim=1)).view(b, NUM_KP, 3)
+        return self.run_mlp("eye", torch.cat([x_s.reshape(b, -1), eye_ratios], dim=1)).view(b, NUM_KP, 3)
 
     @torch.no_grad()
     def retarget_lip(self, x_s: torch.Tensor, lip_ratios: torch.Tensor) -> torch.Tensor:
         """Lip retargeting: x_s (B, 21, 3), [c_s,lip, c_d,lip] (B, 2) -> delta (B, 21, 3)."""
         b = x_s.shape[0]
-        return self.lip(torch.cat([x_s.reshape(b, -1), lip_ratios], dim=1)).view(b, NUM_KP, 3)
+        return self.run_mlp("lip", torch.cat([x_s.reshape(b, -1), lip_ratios], dim=1)).view(b, NUM_KP, 3)
 
     @torch.no_grad()
     def warp(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -62,8 +62,16 @@ def _read(path: Path) -> Mapping[str, object]:
         raise WeightsError(f"{path}: not a readable state dict ({exc})") from exc
 
 
-def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k.removeprefix("module."): v for k, v in state.items()}
+def _normalise(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip a `module.` prefix; store BatchNorm's unused one-element counter as the official scalar
+    (some writers, the oracle's synthetic generator among them, save it with shape (1,))."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.endswith("num_batches_tracked") and value.numel() == 1:
+            value = value.reshape(())
+        out[key] = value
+    return out
 
 
 def validate_state_dict(module: str, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -90,7 +98,7 @@ def load_state_dicts(weights_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     out: dict[str, dict[str, torch.Tensor]] = {}
     for module in BASE_MODULES:
         path = checkpoint_path(weights_dir, module)
-        out[module] = _strip_module_prefix(_read(path))
+        out[module] = _normalise(_read(path))
         validate_state_dict(module, out[module], str(path))
     path = checkpoint_path(weights_dir, RETARGETING_FILE)
     bundle = _read(path)
@@ -103,7 +111,7 @@ def load_state_dicts(weights_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     for ckpt_key, module in RETARGETING_KEYS.items():
         if ckpt_key not in bundle:
             raise WeightsError(f"{path}: missing entry {ckpt_key!r} ({module} MLP)")
-        out[module] = _strip_module_prefix(bundle[ckpt_key])
+        out[module] = _normalise(bundle[ckpt_key])
         validate_state_dict(module, out[module], f"{path}[{ckpt_key}]")
     return out
 
@@ -115,8 +123,11 @@ def check_bundle(weights_dir: Path) -> list[str]:
     for module, state in states.items():
         n = sum(v.numel() for v in state.values())
         lines.append(f"{module}: {len(state)} tensors, {n / 1e6:.2f} M values, ok")
-    for name in ("liveportrait/landmark.onnx", "insightface/models/buffalo_l/det_10g.onnx",
-                 "insightface/models/buffalo_l/2d106det.onnx"):
+    for name in (
+        "liveportrait/landmark.onnx",
+        "insightface/models/buffalo_l/det_10g.onnx",
+        "insightface/models/buffalo_l/2d106det.onnx",
+    ):
         present = (Path(weights_dir) / name).is_file()
         lines.append(f"{name}: {'present' if present else 'absent (licence-clean Haar detector is used)'}")
     return lines

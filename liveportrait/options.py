@@ -20,7 +20,9 @@ class AnimationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # motion transfer
-    flag_relative_motion: bool = Field(True, description="Transfer motion relative to the first driving frame.")
+    flag_relative_motion: bool = Field(
+        True, description="Transfer motion relative to the first driving frame."
+    )
     driving_option: DrivingOption = Field(
         "expression-friendly",
         description="expression-friendly rescales relative motion by the source/driving keypoint-hull ratio.",
@@ -37,7 +39,7 @@ class AnimationOptions(BaseModel):
     )
     source_video_eye_retargeting_threshold: float = Field(0.18, ge=0.0, le=1.0)
     flag_video_editing_head_rotation: bool = Field(
-        False, description="Video source: take the (smoothed) head rotation from the driving video."
+        True, description="Video source: take the smoothed relative head rotation (off: each source frame's)."
     )
     driving_smooth_observation_variance: float = Field(
         3e-7, gt=0.0, le=1.0, description="Kalman observation variance for video-source smoothing."

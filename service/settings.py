@@ -1,11 +1,15 @@
 """The service's one Settings class: every knob is an environment variable prefixed `LIVEPORTRAIT_`."""
 
+import json
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Settings(BaseSettings):
@@ -21,6 +25,7 @@ class Settings(BaseSettings):
     failure_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     job_retries: int = Field(2, ge=0, le=10)
     retry_backoff_s: list[int] = Field(default_factory=lambda: [10, 60])
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60, description="How long an Idempotency-Key is remembered.")
 
     # storage
     storage_backend: Literal["local", "s3"] = "local"
@@ -32,15 +37,33 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
+    s3_public_endpoint_url: str | None = Field(
+        None, description="Endpoint used in presigned URLs handed to clients (default: s3_endpoint_url)."
+    )
+    s3_multipart_threshold_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    s3_multipart_chunk_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    s3_input_buckets: list[str] = Field(
+        default_factory=list, description="Buckets that s3:// input URLs may read from (none by default)."
+    )
     presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
 
     # gateway
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     public_base_url: str | None = None
-    api_keys: list[str] = Field(default_factory=list, description="sha256 hex digests of accepted API keys.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="sha256 hex digests of accepted API keys (JSON list or comma-separated); empty: open.",
+    )
     max_request_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    max_input_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="Largest accepted input file (upload, URL or multipart part)."
+    )
+    signing_secret: SecretStr | None = Field(
+        None, description="HMAC key of gateway upload URLs (local store); random per process when unset."
+    )
     allow_private_urls: bool = Field(False, description="Allow URL inputs on private/loopback addresses.")
+    url_fetch_timeout_s: float = Field(30.0, gt=0, description="Timeout of each read of a URL input.")
 
     # input limits, checked before decoding
     max_source_pixels: int = Field(4096 * 4096, ge=64 * 64)
@@ -55,10 +78,27 @@ class Settings(BaseSettings):
     engine_cache_dir: Path = Path(".liveportrait/engines")
     frame_batch: int = Field(8, ge=1, le=64)
     work_dir: Path | None = None
+    worker_name: str | None = None
+    worker_heartbeat_s: int = Field(15, ge=1, le=300, description="Heartbeat period of a busy worker.")
+    scheduler_interval_s: int = Field(1, ge=1, le=60, description="How often delayed retries are enqueued.")
 
     # logging
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: object) -> object:
+        """Accept a JSON list or a comma-separated string; digests are normalised to lower case."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [k for k in text.split(",") if k.strip()]
+        if isinstance(value, list):
+            value = [k.strip().lower() if isinstance(k, str) else k for k in value]
+            for key in value:
+                if not isinstance(key, str) or not _SHA256_HEX.match(key):
+                    raise ValueError("api_keys must be sha256 hex digests (64 hex characters)")
+        return value
 
 
 @lru_cache

@@ -75,7 +75,9 @@ class ConvNeXtV2(nn.Module):
             self.downsample_layers.append(
                 nn.Sequential(LayerNorm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2))
             )
-        self.stages = nn.ModuleList(nn.Sequential(*(Block(dims[i]) for _ in range(depths[i]))) for i in range(4))
+        self.stages = nn.ModuleList(
+            nn.Sequential(*(Block(dims[i]) for _ in range(depths[i]))) for i in range(4)
+        )
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.fc_kp = nn.Linear(dims[-1], 3 * num_kp)
         self.fc_scale = nn.Linear(dims[-1], 1)
