@@ -63,7 +63,9 @@ class AnimationOptions(BaseModel):
     vy_ratio_crop_driving_video: float = Field(-0.1, ge=-1.0, le=1.0)
 
     # output
-    output: OutputKind = Field("pasteback", description="Full frame, 512 crop, or driving | source | result.")
+    output_kind: OutputKind = Field(
+        "pasteback", description="Full frame, 512 crop, or driving | source | result."
+    )
     output_fps: float | None = Field(
         None, gt=0.0, le=120.0, description="Output fps; default the driving fps (25 for a driving image)."
     )

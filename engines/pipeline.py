@@ -1,0 +1,518 @@
+"""A whole animation job, streaming: source and driving files in, an H.264 MP4 (or a PNG) out.
+
+Pass 1 reads the driving input once and keeps only its motion (a few hundred floats a frame: the
+same arrays as a motion template). Pass 2 renders in batches of frames: motion transfer, W and G,
+paste-back, encode; the driving video is decoded again only for the side-by-side output. A video
+source is read twice the same way (motion first, for the Kalman smoothing, then pixels). Memory
+stays flat in the number of frames.
+"""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from liveportrait.options import AnimationOptions
+
+from .crop import (
+    crop_box_from_face_box,
+    crop_box_from_landmarks,
+    crop_image,
+    crop_transform,
+    driving_global_box,
+)
+from .crop import to_network_input as resize_to_network
+from .detection import Face, FaceAnalyzer, LandmarksRequired, load_analyzer
+from .keypoints import MotionInfo, source_keypoints
+from .media import Limits, MediaError, VideoReader, VideoWriter, probe, read_image, write_image
+from .model import LivePortraitModel, image_to_tensor, to_uint8_frames
+from .motion_template import MotionTemplate, is_motion_template, load_motion_template
+from .motion_transfer import DrivingMotion, MotionTransfer, SourceMotion, smooth_video_motion
+from .pasteback import paste_back
+from .ratios import eye_open_ratio, lip_open_ratio
+
+Progress = Callable[[int, int], None]
+IMAGE_OUTPUT_FPS = 25.0
+
+
+class EngineError(Exception):
+    """A job that cannot be done with its inputs; `code` is machine-readable, `message` for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.code}]"
+
+
+class AnimationCanceled(Exception):
+    """Raised between frame batches when the caller asks to stop."""
+
+    code = "canceled"
+    message = "the job was canceled"
+
+
+@dataclass
+class AnimateResult:
+    output: Path
+    frames: int
+    fps: float
+    width: int
+    height: int
+    content_type: str
+
+
+@dataclass
+class SourceCrop:
+    """A source frame prepared for the networks: the (resized) frame, its 512 crop, the crop->frame
+    transform (3, 3) and, with landmark models, the eye (2,) and lip (1,) open ratios."""
+
+    frame: np.ndarray
+    crop512: np.ndarray
+    M_c2o: np.ndarray
+    eye_ratio: np.ndarray | None
+    lip_ratio: np.ndarray | None
+
+    @property
+    def network_input(self) -> np.ndarray:
+        return resize_to_network(self.crop512)
+
+
+def resize_to_limit(rgb: np.ndarray, max_dim: int, division: int) -> np.ndarray:
+    """The official source resize: longest side at most max_dim, sides cut to a multiple of division."""
+    h, w = rgb.shape[:2]
+    if max_dim > 0 and max(h, w) > max_dim:
+        size = (int(w * max_dim / h), max_dim) if h > w else (max_dim, int(h * max_dim / w))
+        rgb = cv2.resize(rgb, size)
+    h, w = rgb.shape[:2]
+    nh, nw = h - h % division, w - w % division
+    return rgb[:nh, :nw] if nh and nw else rgb
+
+
+def _landmark_points(face: Face) -> np.ndarray | None:
+    return face.lmk106 if face.lmk106 is not None else face.lmk203
+
+
+def _face_ratios(face: Face) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if face.lmk203 is None:
+        return None, None
+    lmk = np.asarray(face.lmk203, dtype=np.float32)[None]
+    return eye_open_ratio(lmk)[0], lip_open_ratio(lmk)[0]
+
+
+def _stack(values: list[np.ndarray | None]) -> torch.Tensor | None:
+    if not values or any(v is None for v in values):
+        return None
+    return torch.from_numpy(np.stack(values).astype(np.float32))
+
+
+def _batches(it: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    batch: list[np.ndarray] = []
+    for item in it:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class Animator:
+    """Keeps the model and the face analyzer loaded; runs animation jobs one after another."""
+
+    def __init__(
+        self,
+        weights_dir: Path,
+        device: str = "cpu",
+        backend: str = "torch",
+        frame_batch: int = 8,
+        detector: str = "auto",
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = LivePortraitModel.from_weights(Path(weights_dir), self.device)
+        self.analyzer: FaceAnalyzer = load_analyzer(Path(weights_dir), detector)
+        self.frame_batch = frame_batch
+        self.backend = backend
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def _detect(self, rgb: np.ndarray, prev: Face | None, what: str) -> Face:
+        face = self.analyzer.landmarks(rgb, prev)
+        if face is None:
+            raise EngineError("no_face", f"no face was found in the {what}")
+        return face
+
+    def _require_landmarks(self, options: AnimationOptions) -> None:
+        needs = [
+            name
+            for name in (
+                "flag_eye_retargeting",
+                "flag_lip_retargeting",
+                "flag_normalize_lip",
+                "flag_source_video_eye_retargeting",
+            )
+            if getattr(options, name)
+        ]
+        if needs and not self.analyzer.has_landmarks:
+            message = str(LandmarksRequired(needs[0]))
+            raise EngineError("landmarks_required", message)
+
+    def crop_source(
+        self, rgb: np.ndarray, options: AnimationOptions, prev: Face | None = None
+    ) -> tuple[SourceCrop, Face]:
+        """Detect (or track from `prev`) and crop one source frame."""
+        frame = resize_to_limit(rgb, options.source_max_dim, options.source_division)
+        if not options.flag_do_crop:
+            crop = cv2.resize(frame, (512, 512), interpolation=cv2.INTER_AREA)
+            scale = np.diag([frame.shape[1] / 512, frame.shape[0] / 512, 1.0])
+            face = self.analyzer.landmarks(frame, prev) if self.analyzer.has_landmarks else None
+            eye, lip = _face_ratios(face) if face is not None else (None, None)
+            return SourceCrop(frame, crop, scale, eye, lip), face
+        face = self._detect(frame, prev, "source")
+        points = _landmark_points(face)
+        if points is not None:
+            box = crop_box_from_landmarks(
+                points, options.scale, options.vx_ratio, options.vy_ratio, options.flag_do_rot
+            )
+        else:
+            box = crop_box_from_face_box(face.box, options.scale, options.vx_ratio, options.vy_ratio)
+        M_o2c = crop_transform(box)
+        eye, lip = _face_ratios(face)
+        return SourceCrop(frame, crop_image(frame, M_o2c), np.linalg.inv(M_o2c), eye, lip), face
+
+    def _driving_frames(
+        self, path: Path, options: AnimationOptions, limits: Limits
+    ) -> tuple[VideoReader, Iterator[np.ndarray]]:
+        """The driving video's frames as 512x512 crops (auto-cropped or plainly resized)."""
+        reader = VideoReader(path, limits)
+        if not options.flag_crop_driving_video:
+            return reader, (cv2.resize(f, (512, 512)) for f in reader)
+        M_o2c = self._driving_crop(path, options, limits)
+        return reader, (crop_image(f, M_o2c) for f in reader)
+
+    def _driving_crop(self, path: Path, options: AnimationOptions, limits: Limits) -> np.ndarray:
+        """The official driving auto-crop: one box, averaged over every frame's landmarks."""
+        if not self.analyzer.has_landmarks:
+            raise EngineError("landmarks_required", str(LandmarksRequired("flag_crop_driving_video")))
+        points, face = [], None
+        with VideoReader(path, limits) as reader:
+            for frame in reader:
+                face = self._detect(frame, face, "driving video")
+                points.append(_landmark_points(face))
+        crop = driving_global_box(
+            points,
+            options.scale_crop_driving_video,
+            options.vx_ratio_crop_driving_video,
+            options.vy_ratio_crop_driving_video,
+        )
+        return crop.M_o2c
+
+    def _motion_of(self, crops: list[np.ndarray]) -> MotionInfo:
+        batch = image_to_tensor(torch.from_numpy(np.stack([resize_to_network(c) for c in crops]))).to(
+            self.device
+        )
+        return self.model.extract_motion(batch)
+
+    def extract_motion(
+        self,
+        driving: Path,
+        options: AnimationOptions,
+        *,
+        limits: Limits | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> MotionTemplate:
+        """Pass 1 over a driving video: per-frame motion (and eye/lip ratios with landmark models)."""
+        limits = limits or Limits()
+        infos, eyes, lips = [], [], []
+        want_ratios = self.analyzer.has_landmarks
+        reader, frames = self._driving_frames(driving, options, limits)
+        with reader:
+            face = None
+            for batch in _batches(frames, self.frame_batch):
+                if should_cancel is not None and should_cancel():
+                    raise AnimationCanceled
+                infos.append(self._motion_of(batch))
+                for crop in batch if want_ratios else ():
+                    face = self.analyzer.landmarks(crop, face)
+                    eye, lip = _face_ratios(face) if face is not None else (None, None)
+                    eyes.append(eye)
+                    lips.append(lip)
+            fps = reader.fps or IMAGE_OUTPUT_FPS
+        info = MotionInfo.cat(infos)
+        template = MotionTemplate(
+            fps=fps,
+            exp=info.exp.cpu().numpy(),
+            R=info.R.cpu().numpy(),
+            scale=info.scale.cpu().numpy(),
+            t=info.t.cpu().numpy(),
+            kp=info.kp.cpu().numpy(),
+            x_s=source_keypoints(info).cpu().numpy(),
+            c_eyes=np.stack(eyes) if eyes and all(e is not None for e in eyes) else None,
+            c_lip=np.stack(lips) if lips and all(v is not None for v in lips) else None,
+            source_name=Path(driving).name,
+        )
+        return template
+
+    def _template_motion(self, template: MotionTemplate) -> DrivingMotion:
+        t = {
+            k: torch.from_numpy(np.ascontiguousarray(getattr(template, k))).to(self.device)
+            for k in ("exp", "R", "scale", "t")
+        }
+        n = t["exp"].shape[0]
+        kp = (
+            torch.zeros_like(t["exp"])
+            if template.kp is None
+            else torch.from_numpy(template.kp).to(self.device)
+        )
+        zeros = torch.zeros(n, device=self.device)
+        info = MotionInfo(
+            kp=kp, exp=t["exp"], pitch=zeros, yaw=zeros, roll=zeros, t=t["t"], scale=t["scale"], R=t["R"]
+        )
+        eye = None if template.c_eyes is None else torch.from_numpy(template.c_eyes[:, 0]).to(self.device)
+        lip = None if template.c_lip is None else torch.from_numpy(template.c_lip[:, 0]).to(self.device)
+        return DrivingMotion(info, eye, lip)
+
+    # --- the job -------------------------------------------------------------------------------
+
+    def animate(
+        self,
+        source: Path,
+        driving: Path,
+        output: Path,
+        options: AnimationOptions,
+        *,
+        limits: Limits | None = None,
+        progress: Progress | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        trust_pickle: bool = False,
+    ) -> AnimateResult:
+        """Animate `source` (image or video) with `driving` (video, image or motion template)."""
+        limits = limits or Limits()
+        source, driving, output = Path(source), Path(driving), Path(output)
+        self._require_landmarks(options)
+
+        driving_kind = "template" if is_motion_template(driving) else probe(driving, limits).kind
+        if driving_kind == "template":
+            template = load_motion_template(driving, trust_pickle=trust_pickle)
+        elif driving_kind == "video":
+            template = self.extract_motion(driving, options, limits=limits, should_cancel=should_cancel)
+        else:
+            template = self._image_template(driving, options, limits)
+        drv = self._template_motion(template)
+        if (options.flag_eye_retargeting and drv.eye_ratio is None) or (
+            options.flag_lip_retargeting and drv.lip_ratio is None
+        ):
+            raise EngineError(
+                "landmarks_required", "eye/lip retargeting needs the driving eye and lip ratios"
+            )
+
+        source_info = probe(source, limits)
+        fps = options.output_fps or (template.fps if driving_kind != "image" else IMAGE_OUTPUT_FPS)
+        if source_info.kind == "video":
+            return self._animate_video_source(
+                source, driving, driving_kind, drv, output, options, limits, fps, progress, should_cancel
+            )
+        return self._animate_image_source(
+            source, driving, driving_kind, drv, output, options, limits, fps, progress, should_cancel
+        )
+
+    def _image_template(self, path: Path, options: AnimationOptions, limits: Limits) -> MotionTemplate:
+        rgb = read_image(path, limits)
+        crop = cv2.resize(rgb, (512, 512))
+        if options.flag_crop_driving_video:
+            face = self._detect(rgb, None, "driving image")
+            points = _landmark_points(face)
+            if points is None:
+                raise EngineError("landmarks_required", str(LandmarksRequired("flag_crop_driving_video")))
+            crop = crop_image(
+                rgb,
+                driving_global_box(
+                    [points],
+                    options.scale_crop_driving_video,
+                    options.vx_ratio_crop_driving_video,
+                    options.vy_ratio_crop_driving_video,
+                ).M_o2c,
+            )
+        info = self._motion_of([crop])
+        eye = lip = None
+        if self.analyzer.has_landmarks:
+            face = self.analyzer.landmarks(crop, None)
+            eye, lip = _face_ratios(face) if face is not None else (None, None)
+        return MotionTemplate(
+            fps=IMAGE_OUTPUT_FPS,
+            exp=info.exp.cpu().numpy(),
+            R=info.R.cpu().numpy(),
+            scale=info.scale.cpu().numpy(),
+            t=info.t.cpu().numpy(),
+            kp=info.kp.cpu().numpy(),
+            x_s=source_keypoints(info).cpu().numpy(),
+            c_eyes=None if eye is None else eye[None],
+            c_lip=None if lip is None else lip[None],
+            source_name=path.name,
+        )
+
+    def _source_motion(self, crops: list[SourceCrop]) -> tuple[SourceMotion, torch.Tensor]:
+        batch = image_to_tensor(torch.from_numpy(np.stack([c.network_input for c in crops]))).to(self.device)
+        info = self.model.extract_motion(batch)
+        motion = SourceMotion(
+            info,
+            source_keypoints(info),
+            _stack([c.eye_ratio for c in crops]),
+            _stack([c.lip_ratio for c in crops]),
+        )
+        return motion, batch
+
+    def _compose(
+        self, options: AnimationOptions, result: np.ndarray, src: SourceCrop, driving512: np.ndarray | None
+    ) -> np.ndarray:
+        if options.output_kind == "side_by_side":
+            return np.concatenate([driving512, src.crop512, result], axis=1)
+        if (
+            options.output_kind == "pasteback"
+            and options.flag_pasteback
+            and options.flag_do_crop
+            and options.flag_stitching
+        ):
+            return paste_back(result, src.M_c2o, src.frame)
+        return result
+
+    def _writer(
+        self, output: Path, fps: float, shape: tuple[int, ...], options: AnimationOptions, audio: Path | None
+    ) -> VideoWriter:
+        return VideoWriter(
+            output,
+            fps,
+            shape[1],
+            shape[0],
+            crf=options.crf,
+            audio_from=audio if options.audio != "none" else None,
+        )
+
+    def _animate_image_source(
+        self, source, driving, driving_kind, drv, output, options, limits, fps, progress, should_cancel
+    ):
+        src_crop, _ = self.crop_source(read_image(source, limits), options)
+        src, net_in = self._source_motion([src_crop])
+        f_s = self.model.extract_appearance(net_in)
+        transfer = MotionTransfer(
+            self.model, options, src, drv.info[0:1], driving_is_video=driving_kind != "image"
+        )
+        n = len(drv.info)
+
+        side = options.output_kind == "side_by_side"
+        reader, driving_frames = (None, None)
+        if side and driving_kind == "video":
+            reader, driving_frames = self._driving_frames(driving, options, limits)
+        elif side:
+            still = (
+                cv2.resize(read_image(driving, limits), (512, 512))
+                if driving_kind == "image"
+                else np.zeros((512, 512, 3), np.uint8)
+            )
+            driving_frames = iter([still] * n)
+
+        if driving_kind == "image":
+            x_d = transfer(src, drv)
+            result = to_uint8_frames(self.model.render(f_s, src.x_s, x_d))[0].cpu().numpy()
+            out = self._compose(options, result, src_crop, next(driving_frames) if side else None)
+            output = output.with_suffix(".png")
+            write_image(output, out)
+            if progress:
+                progress(1, 1)
+            return AnimateResult(output, 1, fps, out.shape[1], out.shape[0], "image/png")
+
+        audio = driving if (options.audio == "driving" and driving_kind == "video") else None
+        writer = None
+        done = 0
+        try:
+            for start in range(0, n, self.frame_batch):
+                if should_cancel is not None and should_cancel():
+                    raise AnimationCanceled
+                part = drv[start : start + self.frame_batch]
+                frames = to_uint8_frames(self.model.render(f_s, src.x_s, transfer(src, part))).cpu().numpy()
+                for result in frames:
+                    out = self._compose(options, result, src_crop, next(driving_frames) if side else None)
+                    if writer is None:
+                        writer = self._writer(output, fps, out.shape, options, audio)
+                    writer.write(out)
+                done += len(frames)
+                if progress:
+                    progress(done, n)
+        finally:
+            if reader is not None:
+                reader.close()
+            if writer is not None:
+                writer.close()
+        return AnimateResult(output, done, fps, writer.width, writer.height, "video/mp4")
+
+    def _animate_video_source(
+        self, source, driving, driving_kind, drv, output, options, limits, fps, progress, should_cancel
+    ):
+        if driving_kind == "image":
+            raise EngineError("unsupported_input", "a video source needs a driving video or motion template")
+        # pass 1 over the source: crops' motion and ratios, for the smoothing
+        infos, eyes, lips, face = [], [], [], None
+        with VideoReader(source, limits) as reader:
+            n = min(reader.n_frames or len(drv.info), len(drv.info))
+            for batch in _batches(reader, self.frame_batch):
+                crops = []
+                for frame in batch:
+                    crop, face = self.crop_source(frame, options, face)
+                    crops.append(crop)
+                motion, _ = self._source_motion(crops)
+                infos.append(motion.info)
+                eyes += [c.eye_ratio for c in crops]
+                lips += [c.lip_ratio for c in crops]
+                if sum(len(i) for i in infos) >= len(drv.info):
+                    break
+        info = MotionInfo.cat(infos)
+        n = min(len(info), len(drv.info))
+        info, drv = info[:n], drv[:n]
+        sources = SourceMotion(info, source_keypoints(info), _stack(eyes[:n]), _stack(lips[:n]))
+        smoothed, _, _ = smooth_video_motion(info, drv.info, options)
+        transfer = MotionTransfer(self.model, options, sources[0:1], drv.info[0:1], source_is_video=True)
+
+        audio = {"driving": driving if driving_kind == "video" else None, "source": source}.get(options.audio)
+        side = options.output_kind == "side_by_side"
+        d_reader, driving_frames = self._driving_frames(driving, options, limits) if side else (None, None)
+        writer, done, face = None, 0, None
+        try:
+            with VideoReader(source, limits) as reader:
+                frames_iter = iter(reader)
+                for start in range(0, n, self.frame_batch):
+                    if should_cancel is not None and should_cancel():
+                        raise AnimationCanceled
+                    stop = min(start + self.frame_batch, n)
+                    crops = []
+                    for _ in range(start, stop):
+                        crop, face = self.crop_source(next(frames_iter), options, face)
+                        crops.append(crop)
+                    net_in = image_to_tensor(torch.from_numpy(np.stack([c.network_input for c in crops]))).to(
+                        self.device
+                    )
+                    f_s = self.model.extract_appearance(net_in)
+                    part = sources[start:stop]
+                    x_d = transfer(part, drv[start:stop], smoothed[start:stop])
+                    results = to_uint8_frames(self.model.render(f_s, part.x_s, x_d)).cpu().numpy()
+                    for crop, result in zip(crops, results, strict=True):
+                        out = self._compose(options, result, crop, next(driving_frames) if side else None)
+                        if writer is None:
+                            writer = self._writer(output, fps, out.shape, options, audio)
+                        writer.write(out)
+                    done = stop
+                    if progress:
+                        progress(done, n)
+        finally:
+            if d_reader is not None:
+                d_reader.close()
+            if writer is not None:
+                writer.close()
+        return AnimateResult(output, done, fps, writer.width, writer.height, "video/mp4")
+
+
+__all__ = ["AnimateResult", "AnimationCanceled", "Animator", "EngineError", "MediaError"]

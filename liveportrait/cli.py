@@ -1,0 +1,267 @@
+"""The `liveportrait` command: local animation, weights, engines, the two services and the client.
+
+Heavy imports (torch, the engines, FastAPI) happen inside the subcommands that need them, so the
+gateway's slim image never imports torch.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .options import AnimationOptions
+
+SYNTHETIC_WARNING = (
+    "Synthetic weights: the model runs the real computation with random parameters, so the output "
+    "pixels are meaningless. Use `liveportrait weights download DIR` (or your own copy of the official "
+    "bundle) and --weights DIR for real results."
+)
+
+
+# --- options <-> argparse -------------------------------------------------------------------------
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per AnimationOptions field (`--flag-stitching/--no-flag-stitching`, `--scale 2.3`, ...)."""
+    group = parser.add_argument_group("animation options (official defaults)")
+    for name, field in AnimationOptions.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description or ''} (default: {field.default})".strip()
+        annotation = field.annotation
+        if annotation is bool:
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif typing.get_origin(annotation) is typing.Literal:
+            group.add_argument(
+                flag, dest=name, choices=typing.get_args(annotation), default=None, help=help_text
+            )
+        else:
+            kind = int if annotation is int else float
+            group.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+
+
+def options_from_args(args: argparse.Namespace) -> AnimationOptions:
+    given = {k: getattr(args, k) for k in AnimationOptions.model_fields if getattr(args, k, None) is not None}
+    return AnimationOptions(**given)
+
+
+def _progress_bar(description: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    )
+    task = bar.add_task(description, total=None)
+    bar.start()
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return update, bar.stop
+
+
+def _weights_dir(args: argparse.Namespace) -> Path:
+    weights = args.weights or os.environ.get("LIVEPORTRAIT_WEIGHTS_DIR")
+    if not weights:
+        raise SystemExit(
+            "no weights: pass --weights DIR or set LIVEPORTRAIT_WEIGHTS_DIR "
+            "(`liveportrait weights download DIR` fetches the official bundle; "
+            "`liveportrait weights synthetic DIR` writes a test bundle)"
+        )
+    return Path(weights)
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --- subcommands ------------------------------------------------------------------------------
+
+
+def cmd_animate(args: argparse.Namespace) -> int:
+    from engines.pipeline import Animator
+
+    options = options_from_args(args)
+    animator = Animator(
+        _weights_dir(args), _device(args.device), args.backend, args.frame_batch, args.detector
+    )
+    update, stop = _progress_bar("animating")
+    try:
+        result = animator.animate(
+            Path(args.source),
+            Path(args.driving),
+            Path(args.output),
+            options,
+            progress=update,
+            trust_pickle=args.trust_pickle,
+        )
+    finally:
+        stop()
+    print(
+        f"wrote {result.output} ({result.frames} frames, {result.width}x{result.height}, {result.fps:g} fps)"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engines.demo import write_demo_inputs
+    from engines.weights import write_synthetic_bundle
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="liveportrait-demo-"))
+    source, driving = write_demo_inputs(work, n_frames=args.frames)
+    print(f"demo inputs: {source} and {driving} ({args.frames} frames)")
+    if not (args.weights or os.environ.get("LIVEPORTRAIT_WEIGHTS_DIR")):
+        args.weights = str(write_synthetic_bundle(work / "weights", seed=0))
+        print(SYNTHETIC_WARNING)
+    args.source, args.driving, args.trust_pickle = str(source), str(driving), False
+    return cmd_animate(args)
+
+
+def cmd_motion_extract(args: argparse.Namespace) -> int:
+    from engines.motion_template import save_template
+    from engines.pipeline import Animator
+
+    animator = Animator(_weights_dir(args), _device(args.device), "torch", args.frame_batch, args.detector)
+    template = animator.extract_motion(Path(args.driving), options_from_args(args))
+    save_template(Path(args.output), template)
+    print(f"wrote {args.output} ({template.exp.shape[0]} frames at {template.fps:g} fps)")
+    return 0
+
+
+def cmd_weights_synthetic(args: argparse.Namespace) -> int:
+    from engines.weights import write_synthetic_bundle
+
+    write_synthetic_bundle(Path(args.dir), args.seed)
+    print(f"wrote synthetic weights (seed {args.seed}) under {args.dir}")
+    print(SYNTHETIC_WARNING)
+    return 0
+
+
+def cmd_weights_check(args: argparse.Namespace) -> int:
+    from engines.weights import WeightsError, check_bundle
+
+    try:
+        for line in check_bundle(Path(args.dir)):
+            print(line)
+    except WeightsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_weights_download(args: argparse.Namespace) -> int:
+    from engines.download import download_bundle
+
+    download_bundle(Path(args.dir), args.repo, include_insightface=args.include_insightface)
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def _engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="official-layout weights directory (env LIVEPORTRAIT_WEIGHTS_DIR)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="torch")
+    p.add_argument("--frame-batch", type=int, default=8, help="driving frames per W+G batch")
+    p.add_argument("--detector", choices=["auto", "insightface", "haar"], default="auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liveportrait", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("animate", help="animate a portrait locally (no Redis or S3 needed)")
+    p.add_argument("source", help="source portrait: an image or a video")
+    p.add_argument("driving", help="driving video, image, or motion template")
+    p.add_argument("-o", "--output", required=True, help="output .mp4 (.png for a driving image)")
+    p.add_argument(
+        "--trust-pickle", action="store_true", help="accept an official .pkl motion template (runs pickle)"
+    )
+    _engine_arguments(p)
+    add_option_arguments(p)
+    p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser("demo", help="animate the bundled portrait with a generated driving video")
+    p.add_argument("-o", "--output", default="liveportrait-demo.mp4")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--work-dir", help="where to write the demo inputs (default: a temporary directory)")
+    _engine_arguments(p)
+    add_option_arguments(p)
+    p.set_defaults(func=cmd_demo)
+
+    motion = sub.add_parser("motion", help="motion templates").add_subparsers(
+        dest="motion_command", required=True
+    )
+    p = motion.add_parser("extract", help="extract a driving video's motion into a safe template (.npz)")
+    p.add_argument("driving")
+    p.add_argument("-o", "--output", required=True)
+    _engine_arguments(p)
+    add_option_arguments(p)
+    p.set_defaults(func=cmd_motion_extract)
+
+    weights = sub.add_parser("weights", help="weight bundles").add_subparsers(
+        dest="weights_command", required=True
+    )
+    p = weights.add_parser("synthetic", help="write a seeded synthetic bundle (tests; meaningless pixels)")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_weights_synthetic)
+    p = weights.add_parser("check", help="check a bundle against the official manifest")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_weights_check)
+    p = weights.add_parser(
+        "download", help="download the official bundle from the model hub (needs internet)"
+    )
+    p.add_argument("dir")
+    p.add_argument("--repo", default="KwaiVGI/LivePortrait")
+    p.add_argument(
+        "--include-insightface", action="store_true", help="also the non-commercial detector models"
+    )
+    p.set_defaults(func=cmd_weights_download)
+
+    for register in _service_commands():
+        register(sub)
+    return parser
+
+
+def _service_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Subcommands of the optional parts (engines export/build, gateway, worker, client)."""
+    registrars = []
+    for module, name in (
+        ("engines.cli_engines", "add_engines_commands"),
+        ("service.cli", "add_service_commands"),
+    ):
+        try:
+            registrars.append(getattr(__import__(module, fromlist=[name]), name))
+        except ImportError:
+            continue
+    return registrars
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValidationError as err:
+        print(f"error: invalid options:\n{err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if hasattr(err, "code") and hasattr(err, "message"):
+            print(f"error [{err.code}]: {err.message}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
