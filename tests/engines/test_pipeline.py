@@ -32,7 +32,9 @@ def animator(weights: Path) -> Animator:
 def test_e2e_cli_animate_gives_h264_with_audio_at_the_driving_fps(tmp_path, weights):
     source, driving = write_demo_inputs(tmp_path, n_frames=8, fps=15.0)
     out = tmp_path / "out.mp4"
-    code = main(["animate", str(source), str(driving), "-o", str(out), "--weights", str(weights), "--device", "cpu"])
+    code = main(
+        ["animate", str(source), str(driving), "-o", str(out), "--weights", str(weights), "--device", "cpu"]
+    )
     assert code == 0
     with av.open(str(out)) as container:
         video = container.streams.video[0]
@@ -80,7 +82,9 @@ def test_side_by_side_and_video_source(tmp_path, animator):
     write_test_video(source, frames[::-1], fps=10.0, with_audio=False)
     driving = tmp_path / "driving.mp4"
     write_test_video(driving, frames, fps=10.0, with_audio=True)
-    result = animator.animate(source, driving, tmp_path / "out.mp4", AnimationOptions(output_kind="side_by_side"))
+    result = animator.animate(
+        source, driving, tmp_path / "out.mp4", AnimationOptions(output_kind="side_by_side")
+    )
     assert (result.frames, result.width, result.height) == (2, 3 * 512, 512)
 
 
@@ -107,6 +111,8 @@ def test_cli_refuses_a_pickle_template_without_trust(tmp_path, weights, capsys):
     source, _ = write_demo_inputs(tmp_path, n_frames=1)
     template = tmp_path / "motion.pkl"
     template.write_bytes(pickle.dumps({"n_frames": 1, "output_fps": 25, "motion": []}))
-    code = main(["animate", str(source), str(template), "-o", str(tmp_path / "o.mp4"), "--weights", str(weights)])
+    code = main(
+        ["animate", str(source), str(template), "-o", str(tmp_path / "o.mp4"), "--weights", str(weights)]
+    )
     assert code == 1
     assert "--trust-pickle" in capsys.readouterr().err

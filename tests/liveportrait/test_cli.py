@@ -1,0 +1,95 @@
+"""The `liveportrait` command line: weights, options mapping, download over a loopback HTTP server."""
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+from engines.download import MODEL_FILES, download_bundle, file_url
+from liveportrait.cli import build_parser, main, options_from_args
+from liveportrait.options import AnimationOptions
+
+
+def test_weights_synthetic_then_check(tmp_path, capsys):
+    assert main(["weights", "synthetic", str(tmp_path), "--seed", "2"]) == 0
+    assert "meaningless" in capsys.readouterr().out
+    assert main(["weights", "check", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "spade_generator: 182 tensors" in out
+    assert "det_10g.onnx: absent" in out
+
+
+def test_weights_check_reports_a_broken_bundle(tmp_path, capsys):
+    main(["weights", "synthetic", str(tmp_path)])
+    (tmp_path / "liveportrait/base_models/motion_extractor.pth").write_bytes(b"not a checkpoint")
+    assert main(["weights", "check", str(tmp_path)]) == 1
+    assert "motion_extractor.pth" in capsys.readouterr().err
+
+
+def test_every_option_has_a_flag_and_defaults_are_official():
+    args = build_parser().parse_args(["animate", "s.jpg", "d.mp4", "-o", "o.mp4"])
+    assert options_from_args(args) == AnimationOptions()
+    args = build_parser().parse_args(
+        [
+            "animate",
+            "s.jpg",
+            "d.mp4",
+            "-o",
+            "o.mp4",
+            "--no-flag-stitching",
+            "--animation-region",
+            "lip",
+            "--driving-multiplier",
+            "1.5",
+            "--output-kind",
+            "crop",
+            "--crf",
+            "23",
+        ]
+    )
+    options = options_from_args(args)
+    assert (options.flag_stitching, options.animation_region, options.driving_multiplier) == (
+        False,
+        "lip",
+        1.5,
+    )
+    assert (options.output_kind, options.crf) == ("crop", 23)
+
+
+def test_out_of_range_options_are_refused(capsys):
+    code = main(["animate", "s.jpg", "d.mp4", "-o", "o.mp4", "--weights", "w", "--crf", "99"])
+    assert code == 2
+    assert "crf" in capsys.readouterr().err
+
+
+def test_download_fetches_the_official_layout_over_http(tmp_path):
+    hub = tmp_path / "hub" / "KwaiVGI" / "LivePortrait" / "resolve" / "main"
+    for name in MODEL_FILES:
+        (hub / name).parent.mkdir(parents=True, exist_ok=True)
+        (hub / name).write_bytes(name.encode())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "hub"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert file_url("KwaiVGI/LivePortrait", MODEL_FILES[0], base).startswith(base + "/KwaiVGI/")
+        written = download_bundle(tmp_path / "weights", hub=base)
+        assert len(written) == len(MODEL_FILES)
+        assert all((tmp_path / "weights" / n).read_bytes() == n.encode() for n in MODEL_FILES)
+        assert not list((tmp_path / "weights").rglob("*.part"))
+        assert download_bundle(tmp_path / "weights", hub=base) == []  # complete files are kept
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_failure_leaves_no_checkpoint(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    port = server.server_address[1]
+    server.server_close()  # nothing listens there now
+    with pytest.raises(OSError):
+        download_bundle(tmp_path, hub=f"http://127.0.0.1:{port}")
+    assert not any(p.suffix == ".pth" for p in Path(tmp_path).rglob("*"))
