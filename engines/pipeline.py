@@ -458,7 +458,6 @@ class Animator:
         # pass 1 over the source: crops' motion and ratios, for the smoothing
         infos, eyes, lips, face = [], [], [], None
         with VideoReader(source, limits) as reader:
-            n = min(reader.n_frames or len(drv.info), len(drv.info))
             for batch in _batches(reader, self.frame_batch):
                 crops = []
                 for frame in batch:

@@ -240,7 +240,7 @@ def _service_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     registrars = []
     for module, name in (
         ("engines.cli_engines", "add_engines_commands"),
-        ("service.cli", "add_service_commands"),
+        ("liveportrait.cli_service", "add_service_commands"),
     ):
         try:
             registrars.append(getattr(__import__(module, fromlist=[name]), name))

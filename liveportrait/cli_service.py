@@ -1,0 +1,143 @@
+"""`liveportrait gateway|worker|submit|status|wait|download`: the two services and the REST client.
+
+Only the service package is imported here; the worker imports the engines (and torch) itself.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.client import Client
+    from service.contract import Job
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from service.gateway.app import serve
+    from service.settings import get_settings
+
+    serve(get_settings())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.settings import get_settings
+    from worker.worker import main as worker_main
+
+    worker_main(get_settings())
+    return 0
+
+
+def _client(args: argparse.Namespace) -> "Client":
+    from service.client import Client
+
+    return Client(args.url, args.api_key)
+
+
+def _print_job(job: "Job") -> None:
+    print(json.dumps(job.model_dump(mode="json"), indent=2))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .cli import options_from_args
+
+    with _client(args) as client:
+        job = client.submit(
+            args.source,
+            args.driving,
+            options=options_from_args(args),
+            priority=args.priority,
+            idempotency_key=args.idempotency_key,
+            direct_upload=args.direct_upload,
+        )
+        print(job.id)
+        if args.wait:
+            return _wait(client, job.id, args.output)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_job(client.status(args.job_id))
+    return 0
+
+
+def _wait(client: "Client", job_id: str, output: str | None) -> int:
+    from .cli import _progress_bar
+
+    update, stop = _progress_bar(f"job {job_id}")
+    try:
+        job = client.wait(
+            job_id, on_progress=lambda j: update(j.progress.frames_done, j.progress.frames_total or 0)
+        )
+    finally:
+        stop()
+    if job.status != "succeeded":
+        error = job.error.model_dump() if job.error else {}
+        print(f"job {job_id} {job.status}: {error}", file=sys.stderr)
+        return 1
+    if output:
+        print(f"wrote {client.download(job_id, output)}")
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _wait(client, args.job_id, args.output)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(f"wrote {client.download(args.job_id, Path(args.output))}")
+    return 0
+
+
+def _client_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get("LIVEPORTRAIT_URL", DEFAULT_URL), help="gateway base URL")
+    p.add_argument(
+        "--api-key", default=os.environ.get("LIVEPORTRAIT_API_KEY"), help="API key (env LIVEPORTRAIT_API_KEY)"
+    )
+
+
+def add_service_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the service and client subcommands on the `liveportrait` parser."""
+    from .cli import add_option_arguments
+
+    sub.add_parser(
+        "gateway", help="run the REST gateway (settings from LIVEPORTRAIT_* variables)"
+    ).set_defaults(func=cmd_gateway)
+    sub.add_parser("worker", help="run a queue worker (one process per GPU)").set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", help="submit a job to a gateway")
+    p.add_argument("source", help="file path or http(s)/s3 URL")
+    p.add_argument("driving", help="file path or http(s)/s3 URL")
+    p.add_argument("--priority", choices=["high", "default", "low"], default="default")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--direct-upload", action="store_true", help="upload files via presigned POST first")
+    p.add_argument("--wait", action="store_true", help="wait with a progress bar, then download to -o")
+    p.add_argument("-o", "--output", help="where to save the result (with --wait)")
+    _client_arguments(p)
+    add_option_arguments(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="show a job")
+    p.add_argument("job_id")
+    _client_arguments(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("wait", help="wait for a job with a progress bar")
+    p.add_argument("job_id")
+    p.add_argument("-o", "--output", help="download the result here when it succeeds")
+    _client_arguments(p)
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("download", help="download a job's result")
+    p.add_argument("job_id")
+    p.add_argument("-o", "--output", required=True)
+    _client_arguments(p)
+    p.set_defaults(func=cmd_download)

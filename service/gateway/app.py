@@ -1,0 +1,84 @@
+"""The FastAPI application factory and the gateway's entry point."""
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+
+from liveportrait import __version__
+from service.gateway.middleware import BodySizeLimitMiddleware
+from service.gateway.routes import health, jobs, uploads
+from service.gateway.signing import UploadSigner
+from service.gateway.state import Gateway
+from service.metrics import RedisMetricsCollector
+from service.queue import JobQueue, connect
+from service.settings import Settings, get_settings
+from service.storage import StorageError, make_store
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the gateway for `settings` (default: from the environment). Connections open lazily."""
+    settings = settings or get_settings()
+    client = connect(settings)
+    queue = JobQueue(client, settings)
+    secret = settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisMetricsCollector(client, queue.metrics_key, queue.depths, queue.running))
+    gateway = Gateway(
+        settings=settings,
+        redis=client,
+        queue=queue,
+        store=make_store(settings),
+        signer=UploadSigner(secret or secrets.token_bytes(32)),
+        registry=registry,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        client.close()
+
+    app = FastAPI(
+        title="LivePortrait animation service",
+        version=__version__,
+        summary="Animate a portrait with the motion of a driving video.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "the job queue is unavailable; retry later"}, status_code=503)
+
+    @app.exception_handler(StorageError)
+    async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "storage is unavailable; retry later"}, status_code=503)
+
+    app.include_router(jobs.router)
+    app.include_router(uploads.router)
+    app.include_router(health.router)
+    return app
+
+
+def serve(settings: Settings | None = None) -> None:
+    """Run the gateway with uvicorn on settings.host:settings.port (`liveportrait gateway`)."""
+    import uvicorn
+
+    from service.logs import configure_logging
+
+    settings = settings or get_settings()
+    configure_logging(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=30,
+    )

@@ -1,0 +1,33 @@
+"""What the routes share: settings, Redis, the job queue, the store, the upload signer, metrics."""
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from prometheus_client import CollectorRegistry
+from redis import Redis
+
+from service.gateway.signing import UploadSigner
+from service.queue import JobQueue
+from service.settings import Settings
+from service.storage import Store
+
+
+@dataclass
+class Gateway:
+    """The gateway's long-lived objects, one per app."""
+
+    settings: Settings
+    redis: Redis
+    queue: JobQueue
+    store: Store
+    signer: UploadSigner
+    registry: CollectorRegistry
+
+    def base_url(self, request: Request) -> str:
+        """The public URL of the gateway, without a trailing slash."""
+        return (self.settings.public_base_url or str(request.base_url)).rstrip("/")
+
+
+def get_gateway(request: Request) -> Gateway:
+    """FastAPI dependency: the app's Gateway."""
+    return request.app.state.gateway

@@ -1,0 +1,402 @@
+"""The RQ adapter and the state of each job in Redis.
+
+Queues: ``{prefix}-high``, ``{prefix}-default`` and ``{prefix}-low``; workers drain them in that
+order. A job is an RQ job (JSON serializer, our own id) whose only argument is the contract's
+`JobPayload` as a JSON dict. Its user-visible state lives in one Redis hash, ``{prefix}:job:{id}``,
+written by the gateway and the worker through small Lua scripts so that every transition is atomic:
+
+=================  ==========================================================================
+field              meaning
+=================  ==========================================================================
+status             queued | running | succeeded | failed | canceled
+priority           high | default | low
+owner              sha256 of the API key that submitted it ("open" without keys)
+payload            the JobPayload, JSON
+created_at         epoch seconds (float); likewise started_at, finished_at, progress_at
+frames_done        frames rendered in the current attempt
+frames_total       frames the current attempt will render (once known)
+cancel_requested   "1" once a cancel was asked for while running
+attempts           how many times a worker started the job
+worker             name of the worker of the current attempt
+error_code         failure code, e.g. no_face, corrupt_media, too_large, internal_error
+error_message      failure message for humans
+result_key         storage key of the result; result_content_type, result_frames, result_fps,
+                   result_bytes describe it
+=================  ==========================================================================
+
+The hash expires `result_ttl_s` (succeeded, canceled) or `failure_ttl_s` (failed) after the end.
+Idempotency keys live at ``{prefix}:idem:{sha256(scope, key)}``; metrics at ``{prefix}:metrics``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry as RedisRetry
+from rq import Callback, Queue, Retry
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from service import metrics
+from service.contract import PRIORITIES, JobPayload, Priority
+from service.settings import Settings
+
+JOB_FUNCTION = "worker.runner.run_job"
+"""Dotted path of the function a worker runs for a job (resolved in the worker process only)."""
+FAILURE_CALLBACK = "worker.runner.on_job_failure"
+"""Dotted path of RQ's failure callback, which also covers jobs abandoned by a dead worker."""
+
+_CLAIM = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return 'missing' end
+if s == 'succeeded' or s == 'failed' or s == 'canceled' then return s end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return 'canceled'
+end
+redis.call('HDEL', KEYS[1], 'frames_total', 'progress_at')
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[2], 'frames_done', 0)
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return 'running'
+"""
+
+_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return -1 end
+local before = tonumber(redis.call('HGET', KEYS[1], 'frames_done') or '0')
+local done = tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], 'frames_done', ARGV[1], 'frames_total', ARGV[2], 'progress_at', ARGV[3])
+if done > before then redis.call('HINCRBY', KEYS[2], 'frames', done - before) end
+return done - before
+"""
+
+_FINISH = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if s ~= 'running' then return s or 'missing' end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 'ok'
+"""
+
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued')
+redis.call('HDEL', KEYS[1], 'started_at', 'frames_done', 'frames_total', 'progress_at', 'worker')
+return 1
+"""
+
+_CANCEL = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return 'missing' end
+if s == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 'canceled'
+end
+if s == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  return 'cancel_requested'
+end
+return s
+"""
+
+CancelOutcome = Literal["canceled", "cancel_requested", "succeeded", "failed", "missing"]
+
+
+def connect(settings: Settings) -> Redis:
+    """A Redis client for the configured URL: short connect timeout, two quick retries."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+        retry=RedisRetry(ExponentialBackoff(cap=0.25, base=0.02), 2),
+    )
+
+
+def queue_names(prefix: str) -> list[str]:
+    """The RQ queue names, highest priority first."""
+    return [f"{prefix}-{priority}" for priority in PRIORITIES]
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A decoded job hash."""
+
+    id: str
+    status: str
+    priority: Priority
+    payload: dict
+    created_at: float
+    owner: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress_at: float | None = None
+    frames_done: int = 0
+    frames_total: int | None = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    worker: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    result_key: str | None = None
+    result_content_type: str | None = None
+    result_frames: int | None = None
+    result_fps: float | None = None
+    result_bytes: int | None = None
+
+    @classmethod
+    def from_hash(cls, job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
+        """Decode the Redis hash of job `job_id`."""
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+
+        def num(name: str, kind: type = float) -> float | int | None:
+            return kind(f[name]) if f.get(name) not in (None, "") else None
+
+        return cls(
+            id=job_id,
+            status=f.get("status", "queued"),
+            priority=f.get("priority", "default"),  # type: ignore[arg-type]
+            payload=json.loads(f.get("payload", "{}")),
+            created_at=float(f.get("created_at", 0.0)),
+            owner=f.get("owner", ""),
+            started_at=num("started_at"),
+            finished_at=num("finished_at"),
+            progress_at=num("progress_at"),
+            frames_done=int(f.get("frames_done") or 0),
+            frames_total=num("frames_total", int),
+            cancel_requested=f.get("cancel_requested") == "1",
+            attempts=int(f.get("attempts") or 0),
+            worker=f.get("worker"),
+            error_code=f.get("error_code"),
+            error_message=f.get("error_message"),
+            result_key=f.get("result_key"),
+            result_content_type=f.get("result_content_type"),
+            result_frames=num("result_frames", int),
+            result_fps=num("result_fps"),
+            result_bytes=num("result_bytes", int),
+        )
+
+
+class JobQueue:
+    """Submit, inspect and cancel jobs (gateway side); claim, report and finish them (worker side)."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.prefix = settings.queue_prefix
+        self.metrics_key = f"{self.prefix}:metrics"
+        self.queues: dict[str, Queue] = {
+            priority: Queue(name, connection=redis, serializer=JSONSerializer)
+            for priority, name in zip(PRIORITIES, queue_names(self.prefix), strict=True)
+        }
+        self._claim = redis.register_script(_CLAIM)
+        self._progress = redis.register_script(_PROGRESS)
+        self._finish = redis.register_script(_FINISH)
+        self._requeue = redis.register_script(_REQUEUE)
+        self._cancel = redis.register_script(_CANCEL)
+
+    # keys
+    def job_key(self, job_id: str) -> str:
+        """The Redis key of a job's state hash."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def _idempotency_key(self, scope: str, key: str) -> str:
+        digest = hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
+        return f"{self.prefix}:idem:{digest}"
+
+    @property
+    def _hash_ttl(self) -> int:
+        attempts = self.settings.job_retries + 1
+        waits = sum(self.settings.retry_backoff_s) + self.settings.job_timeout_s * attempts
+        return max(self.settings.result_ttl_s, self.settings.failure_ttl_s) + waits
+
+    # gateway side
+    def ping(self) -> None:
+        """Raise a redis error unless Redis answers."""
+        self.redis.ping()
+
+    def reserve_idempotency(self, scope: str, key: str, fingerprint: str, job_id: str) -> str | None:
+        """Bind `key` to `job_id`; if it was bound before, return that job's id instead.
+
+        Raises IdempotencyConflict when the key was bound to a request with another fingerprint.
+        A binding whose job no longer exists (it expired) is replaced.
+        """
+        redis_key = self._idempotency_key(scope, key)
+        value = json.dumps({"job_id": job_id, "fingerprint": fingerprint, "at": time.time()})
+        ttl = self.settings.idempotency_ttl_s
+        for _ in range(3):
+            if self.redis.set(redis_key, value, nx=True, ex=ttl):
+                return None
+            raw = self.redis.get(redis_key)
+            if raw is None:
+                continue
+            bound = json.loads(raw)
+            if bound["fingerprint"] != fingerprint:
+                raise IdempotencyConflict(key)
+            stale = time.time() - float(bound["at"]) > 60 and not self.redis.exists(
+                self.job_key(bound["job_id"])
+            )
+            if not stale:
+                return str(bound["job_id"])
+            self.redis.set(redis_key, value, xx=True, ex=ttl)
+            return None
+        raise RuntimeError("could not reserve the idempotency key")
+
+    def release_idempotency(self, scope: str, key: str, job_id: str) -> None:
+        """Forget a binding made by `reserve_idempotency` for a job that was never created."""
+        redis_key = self._idempotency_key(scope, key)
+        raw = self.redis.get(redis_key)
+        if raw is not None and json.loads(raw)["job_id"] == job_id:
+            self.redis.delete(redis_key)
+
+    def submit(self, payload: JobPayload, priority: Priority, owner: str) -> JobRecord:
+        """Create the job's hash (owned by `owner`) and enqueue it on the queue of its priority."""
+        job_id = payload.job_id
+        now = time.time()
+        payload_json = payload.model_dump(mode="json")
+        key = self.job_key(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "status": "queued",
+                    "priority": priority,
+                    "payload": json.dumps(payload_json, separators=(",", ":")),
+                    "created_at": repr(now),
+                    "owner": owner,
+                    "frames_done": 0,
+                    "attempts": 0,
+                },
+            )
+            pipe.expire(key, self._hash_ttl)
+            metrics.count_status(pipe, self.metrics_key, "queued")
+            pipe.execute()
+        retry = None
+        if self.settings.job_retries > 0:
+            retry = Retry(max=self.settings.job_retries, interval=list(self.settings.retry_backoff_s) or 0)
+        try:
+            self.queues[priority].enqueue_call(
+                JOB_FUNCTION,
+                args=[payload_json],
+                job_id=job_id,
+                timeout=self.settings.job_timeout_s,
+                result_ttl=self.settings.result_ttl_s,
+                failure_ttl=self.settings.failure_ttl_s,
+                retry=retry,
+                on_failure=Callback(FAILURE_CALLBACK),
+                description=f"animate {job_id}",
+            )
+        except BaseException:
+            self.redis.delete(key)
+            raise
+        return JobRecord(
+            id=job_id, status="queued", priority=priority, payload=payload_json, created_at=now, owner=owner
+        )
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job's state, or None if unknown (or expired)."""
+        raw = self.redis.hgetall(self.job_key(job_id))
+        return JobRecord.from_hash(job_id, raw) if raw else None
+
+    def cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel a queued job at once; flag a running one for its worker to stop between batches."""
+        now = time.time()
+        outcome = self._cancel(
+            keys=[self.job_key(job_id)], args=[repr(now), self.settings.result_ttl_s]
+        ).decode()
+        if outcome == "canceled":
+            metrics.count_status(self.redis, self.metrics_key, "canceled")
+            with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
+                RQJob.fetch(job_id, connection=self.redis, serializer=JSONSerializer).cancel()
+        return outcome  # type: ignore[return-value]
+
+    def depths(self) -> dict[str, int]:
+        """Jobs waiting in each priority's queue."""
+        return {priority: queue.count for priority, queue in self.queues.items()}
+
+    def running(self) -> int:
+        """Jobs being executed right now, over all queues."""
+        return sum(queue.started_job_registry.count for queue in self.queues.values())
+
+    # worker side
+    def claim(self, job_id: str, worker_name: str) -> str:
+        """Mark the job running; returns 'running', or the status that forbids running it."""
+        now = time.time()
+        outcome = self._claim(
+            keys=[self.job_key(job_id)], args=[repr(now), worker_name, self.settings.result_ttl_s]
+        ).decode()
+        if outcome == "running":
+            record = self.get(job_id)
+            with self.redis.pipeline() as pipe:
+                metrics.count_status(pipe, self.metrics_key, "running")
+                if record is not None:
+                    metrics.observe(pipe, self.metrics_key, "wait", now - record.created_at)
+                pipe.execute()
+        elif outcome == "canceled":
+            metrics.count_status(self.redis, self.metrics_key, "canceled")
+        return outcome
+
+    def progress(self, job_id: str, frames_done: int, frames_total: int) -> None:
+        """Record the frames done so far of a running job."""
+        self._progress(
+            keys=[self.job_key(job_id), self.metrics_key], args=[frames_done, frames_total, repr(time.time())]
+        )
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether someone asked to cancel the job (or it vanished)."""
+        flag, status = self.redis.hmget(self.job_key(job_id), ["cancel_requested", "status"])
+        return flag == b"1" or status is None
+
+    def succeed(
+        self, job_id: str, *, result_key: str, content_type: str, frames: int, fps: float, size_bytes: int
+    ) -> bool:
+        """Mark a running job succeeded with its result."""
+        fields = {
+            "result_key": result_key,
+            "result_content_type": content_type,
+            "result_frames": frames,
+            "result_fps": repr(float(fps)),
+            "result_bytes": size_bytes,
+        }
+        return self._end(job_id, "succeeded", self.settings.result_ttl_s, fields)
+
+    def fail(self, job_id: str, code: str, message: str) -> bool:
+        """Mark a running job failed."""
+        fields = {"error_code": code, "error_message": message}
+        return self._end(job_id, "failed", self.settings.failure_ttl_s, fields)
+
+    def mark_canceled(self, job_id: str) -> bool:
+        """Mark a running job canceled (its worker stopped it)."""
+        return self._end(job_id, "canceled", self.settings.result_ttl_s, {})
+
+    def requeue(self, job_id: str) -> bool:
+        """Put a running job back to queued, before RQ retries it."""
+        return bool(self._requeue(keys=[self.job_key(job_id)]))
+
+    def _end(self, job_id: str, status: str, ttl: int, fields: dict[str, object]) -> bool:
+        now = time.time()
+        flat: list[object] = [status, repr(now), ttl]
+        for name, value in fields.items():
+            flat.extend((name, value))
+        ended = self._finish(keys=[self.job_key(job_id)], args=flat) == b"ok"
+        if ended:
+            record = self.get(job_id)
+            with self.redis.pipeline() as pipe:
+                metrics.count_status(pipe, self.metrics_key, status)
+                if record is not None and record.started_at is not None:
+                    metrics.observe(pipe, self.metrics_key, "run", now - record.started_at)
+                pipe.execute()
+        return ended

@@ -1,0 +1,182 @@
+"""Test doubles and helpers (media, a worker thread) for the worker and end-to-end tests.
+
+`FakeAnimator` stands in for the GPU engine (engines.pipeline.Animator): same `animate`
+signature, real media in and out (it decodes the inputs and writes a real H.264 MP4 with PyAV,
+frame by frame, in batches), progress after every batch, cooperative cancel between batches, and
+coded errors. It does no animation: each output frame is the source image, shifted.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from liveportrait.options import AnimationOptions
+from service.settings import Settings
+from worker.runner import Engine
+from worker.worker import AnimationWorker, build_worker
+
+
+class FakeCanceled(Exception):
+    """What FakeAnimator raises when asked to stop (engines.pipeline.AnimationCanceled's double)."""
+
+
+class FakeEngineError(Exception):
+    """A coded engine error (engines.pipeline.EngineError's double)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class FakeResult:
+    """What FakeAnimator.animate returns."""
+
+    output: Path
+    frames: int
+    fps: float
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """The first frame of an image or video, RGB uint8."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        return frame.to_ndarray(format="rgb24")
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
+    """Write RGB frames as an H.264 MP4."""
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for rgb in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def moving_frames(n: int, size: int = 64) -> list[np.ndarray]:
+    """`n` frames of a moving gradient."""
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    return [
+        np.stack(
+            [
+                np.roll(ramp, 3 * i)[None, :].repeat(size, 0),
+                ramp[:, None].repeat(size, 1),
+                np.full((size, size), 128.0),
+            ],
+            -1,
+        ).astype(np.uint8)
+        for i in range(n)
+    ]
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    """Write an RGB image as PNG."""
+    with av.open(str(path), "w", format="image2") as container:
+        stream = container.add_stream("png")
+        stream.height, stream.width = rgb.shape[:2]
+        stream.pix_fmt = "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def face_image(size: int = 128) -> np.ndarray:
+    """A downscaled astronaut portrait (a real face)."""
+    from skimage import data
+
+    rgb = data.astronaut()
+    step = max(1, rgb.shape[0] // size)
+    return np.ascontiguousarray(rgb[::step, ::step][:size, :size])
+
+
+class FakeAnimator:
+    """The engine's test double; see the module docstring."""
+
+    def __init__(self, frame_delay: float = 0.0, frame_batch: int = 2, fail_times: int = 0) -> None:
+        self.frame_delay = frame_delay
+        self.frame_batch = frame_batch
+        self.fail_times = fail_times
+        self.calls = 0
+
+    def animate(
+        self,
+        source: Path,
+        driving: Path,
+        output: Path,
+        options: AnimationOptions,
+        *,
+        limits: Any = None,
+        progress: Callable[[int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> FakeResult:
+        """Write `output` with one frame per driving frame at the driving fps."""
+        self.calls += 1
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise RuntimeError("simulated engine crash")
+        image = read_rgb(source)
+        if float(image.std()) < 2.0:
+            raise FakeEngineError("no_face", "no face found in the source image")
+        with av.open(str(driving)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or 25)
+            total = sum(1 for _ in container.decode(video=0))
+        height, width = (d - d % 2 for d in image.shape[:2])
+        image = np.ascontiguousarray(image[:height, :width])
+        with av.open(str(output), "w") as out:
+            video = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+            for start in range(0, total, self.frame_batch):
+                if should_cancel is not None and should_cancel():
+                    raise FakeCanceled()
+                end = min(total, start + self.frame_batch)
+                for index in range(start, end):
+                    frame = av.VideoFrame.from_ndarray(np.roll(image, index, axis=1), format="rgb24")
+                    for packet in video.encode(frame):
+                        out.mux(packet)
+                    time.sleep(self.frame_delay)
+                if progress is not None:
+                    progress(end, total)
+            for packet in video.encode():
+                out.mux(packet)
+        return FakeResult(output=Path(output), frames=total, fps=fps)
+
+
+@contextmanager
+def running_worker(settings: Settings, engine: Engine) -> Iterator[AnimationWorker]:
+    """A worker thread on the settings' queues; stopped (warm) at exit."""
+    worker = build_worker(settings, engine, idle_poll_s=1)
+    thread = threading.Thread(target=worker.work, kwargs={"logging_level": "WARNING"}, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "the worker did not stop"
+
+
+def run_worker_process() -> None:
+    """Entry point of a worker subprocess running FakeAnimator (settings from the environment)."""
+    delay = float(os.environ.get("FAKE_FRAME_DELAY", "0"))
+    engine = Engine(animator=FakeAnimator(frame_delay=delay), canceled=(FakeCanceled,))
+    build_worker(Settings(), engine, idle_poll_s=1).work(logging_level="WARNING")

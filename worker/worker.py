@@ -1,0 +1,217 @@
+"""The RQ worker process: one per GPU, engines loaded once, jobs run in-process (no fork).
+
+`main(settings)` is what `liveportrait worker` runs. `AnimationWorker` is RQ's `SimpleWorker`
+with the JSON serializer plus: a heartbeat thread while a job runs (so a long job is never taken
+for abandoned, and a dead worker's job is noticed within about a minute), a scheduler thread
+that enqueues delayed retries (RQ's own scheduler would fork), warm shutdown on SIGTERM (the
+current job finishes; a second signal stops at once), and `stop()` for embedding in a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from typing import Any
+
+import redis
+import structlog
+from rq import SimpleWorker
+from rq.job import Job as RQJob
+from rq.queue import Queue
+from rq.scheduler import RQScheduler
+from rq.serializers import JSONSerializer
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import WorkerStatus
+
+from service.queue import JobQueue, connect, queue_names
+from service.settings import Settings, get_settings
+from service.storage import make_store
+from worker import runner as runner_module
+from worker.runner import Engine, JobRunner
+
+log = structlog.get_logger("worker")
+
+
+class AnimationWorker(SimpleWorker):
+    """A non-forking RQ worker that runs animation jobs with one `JobRunner`."""
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        settings: Settings,
+        connection: redis.Redis,
+        *,
+        name: str | None = None,
+        idle_poll_s: int = 5,
+    ) -> None:
+        heartbeat = settings.worker_heartbeat_s
+        super().__init__(
+            queue_names(settings.queue_prefix),
+            name=name
+            or settings.worker_name
+            or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}",
+            connection=connection,
+            serializer=JSONSerializer,
+            worker_ttl=max(60, 4 * heartbeat),
+            job_monitoring_interval=heartbeat,
+            default_result_ttl=settings.result_ttl_s,
+        )
+        self.runner = runner
+        runner.worker_name = self.name
+        self._idle_poll_s = idle_poll_s
+        self._scheduler_interval = settings.scheduler_interval_s
+        self._scheduler_stop = threading.Event()
+        self._scheduler_thread: threading.Thread | None = None
+
+    def stop(self) -> None:
+        """Warm stop: finish the current job, then leave the work loop (within `idle_poll_s`)."""
+        self._stop_requested = True
+
+    def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
+        """How long the job's execution stays alive without a heartbeat: a few heartbeat periods."""
+        return self.job_monitoring_interval * 4 + 15
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            super()._install_signal_handlers()
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        """Register the worker, then start the retry scheduler thread.
+
+        Off the main thread (embedded), job timeouts use a timer instead of SIGALRM.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            self.death_penalty_class = TimerDeathPenalty
+            for queue in self.queues:
+                queue.death_penalty_class = TimerDeathPenalty
+        super().bootstrap(*args, **kwargs)
+        runner_module.register(self.runner)
+        self._scheduler_stop.clear()
+        self._scheduler_thread = threading.Thread(
+            target=self._run_scheduler, name="rq-scheduler", daemon=True
+        )
+        self._scheduler_thread.start()
+        log.info("worker.started", worker=self.name, queues=self.queue_names())
+
+    def teardown(self) -> None:
+        """Stop the scheduler thread, then unregister the worker."""
+        self._scheduler_stop.set()
+        if self._scheduler_thread is not None:
+            self._scheduler_thread.join(timeout=10)
+        runner_module.unregister(self.runner)
+        super().teardown()
+        log.info("worker.stopped", worker=self.name)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[RQJob, Queue] | None:
+        """Wait for a job in short slices, so that `stop()` is noticed while idle."""
+        if timeout is None:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        poll = max(1, min(timeout, self._idle_poll_s))
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(poll, poll)
+            if result is not None:
+                return result
+        return None
+
+    def execute_job(self, job: RQJob, queue: Queue) -> None:
+        """Run the job in this thread with this worker's runner active and heartbeats flowing."""
+        token = runner_module.activate(self.runner)
+        execution = self.prepare_execution(job)
+        done = threading.Event()
+        beat = threading.Thread(
+            target=self._beat, args=(job, execution, done), name="rq-heartbeat", daemon=True
+        )
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            done.set()
+            beat.join(timeout=10)
+            runner_module.deactivate(token)
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat(self, job: RQJob, execution: Any, done: threading.Event) -> None:
+        while not done.wait(self.job_monitoring_interval):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.exceptions.RedisError as exc:
+                log.warning("worker.heartbeat_failed", error=str(exc))
+
+    def _run_scheduler(self) -> None:
+        scheduler = RQScheduler(
+            self.queues,
+            connection=self.connection,
+            interval=self._scheduler_interval,
+            serializer=JSONSerializer,
+        )
+        try:
+            scheduler.register_birth()
+            while True:
+                try:
+                    if scheduler.should_reacquire_locks:
+                        scheduler.acquire_locks()
+                    if scheduler.acquired_locks:
+                        scheduler.heartbeat()
+                        scheduler.enqueue_scheduled_jobs()
+                except redis.exceptions.RedisError as exc:
+                    log.warning("worker.scheduler_error", error=str(exc))
+                if self._scheduler_stop.wait(self._scheduler_interval):
+                    break
+        finally:
+            try:
+                scheduler.stop()
+            except redis.exceptions.RedisError as exc:
+                log.warning("worker.scheduler_stop_failed", error=str(exc))
+
+
+def _device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_engine(settings: Settings) -> Engine:
+    """Load the engines once: `engines.pipeline.Animator` with the configured weights and device."""
+    from engines.media import Limits
+    from engines.pipeline import AnimationCanceled, Animator
+
+    if settings.weights_dir is None:
+        raise SystemExit("set LIVEPORTRAIT_WEIGHTS_DIR to the weights bundle of the worker")
+    animator = Animator(
+        settings.weights_dir,
+        device=_device(settings.device),
+        backend="torch" if settings.backend == "auto" else settings.backend,
+        frame_batch=settings.frame_batch,
+    )
+    limits = Limits(
+        max_pixels=max(settings.max_source_pixels, settings.max_driving_pixels),
+        max_frames=settings.max_driving_frames,
+        max_seconds=settings.max_driving_seconds,
+    )
+    return Engine(animator=animator, canceled=(AnimationCanceled,), limits=limits)
+
+
+def build_worker(settings: Settings, engine: Engine, *, idle_poll_s: int = 5) -> AnimationWorker:
+    """A worker for `settings` running jobs with `engine` (an injectable animator, e.g. in tests)."""
+    connection = connect(settings)
+    job_runner = JobRunner(
+        settings=settings, queue=JobQueue(connection, settings), store=make_store(settings), engine=engine
+    )
+    return AnimationWorker(job_runner, settings, connection, idle_poll_s=idle_poll_s)
+
+
+def main(settings: Settings | None = None) -> None:
+    """Run a worker until SIGTERM/SIGINT (`liveportrait worker`): log setup, engine load, work loop."""
+    from service.logs import configure_logging
+
+    settings = settings or get_settings()
+    configure_logging(settings)
+    engine = load_engine(settings)
+    worker = build_worker(settings, engine)
+    worker.work(logging_level=settings.log_level.upper())
