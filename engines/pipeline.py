@@ -7,6 +7,7 @@ source is read twice the same way (motion first, for the Kalman smoothing, then 
 stays flat in the number of frames.
 """
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,13 +314,10 @@ class Animator:
 
         source_info = probe(source, limits)
         fps = options.output_fps or (template.fps if driving_kind != "image" else IMAGE_OUTPUT_FPS)
+        job = _Job(driving, driving_kind, drv, output, options, limits, fps, progress, should_cancel)
         if source_info.kind == "video":
-            return self._animate_video_source(
-                source, driving, driving_kind, drv, output, options, limits, fps, progress, should_cancel
-            )
-        return self._animate_image_source(
-            source, driving, driving_kind, drv, output, options, limits, fps, progress, should_cancel
-        )
+            return self._animate_video_source(source, job)
+        return self._animate_image_source(source, job)
 
     def _image_template(self, path: Path, options: AnimationOptions, limits: Limits) -> MotionTemplate:
         rgb = read_image(path, limits)
@@ -356,8 +354,12 @@ class Animator:
             source_name=path.name,
         )
 
+    def _network_batch(self, crops: list[SourceCrop]) -> torch.Tensor:
+        """(B, 3, 256, 256) float network input of source crops, on the model's device."""
+        return image_to_tensor(torch.from_numpy(np.stack([c.network_input for c in crops]))).to(self.device)
+
     def _source_motion(self, crops: list[SourceCrop]) -> tuple[SourceMotion, torch.Tensor]:
-        batch = image_to_tensor(torch.from_numpy(np.stack([c.network_input for c in crops]))).to(self.device)
+        batch = self._network_batch(crops)
         info = self.model.extract_motion(batch)
         motion = SourceMotion(
             info,
@@ -367,97 +369,40 @@ class Animator:
         )
         return motion, batch
 
-    def _compose(
-        self, options: AnimationOptions, result: np.ndarray, src: SourceCrop, driving512: np.ndarray | None
-    ) -> np.ndarray:
-        if options.output_kind == "side_by_side":
-            return np.concatenate([driving512, src.crop512, result], axis=1)
-        if (
-            options.output_kind == "pasteback"
-            and options.flag_pasteback
-            and options.flag_do_crop
-            and options.flag_stitching
-        ):
-            return paste_back(result, src.M_c2o, src.frame)
-        return result
-
-    def _writer(
-        self, output: Path, fps: float, shape: tuple[int, ...], options: AnimationOptions, audio: Path | None
-    ) -> VideoWriter:
-        return VideoWriter(
-            output,
-            fps,
-            shape[1],
-            shape[0],
-            crf=options.crf,
-            audio_from=audio if options.audio != "none" else None,
-        )
-
-    def _animate_image_source(
-        self, source, driving, driving_kind, drv, output, options, limits, fps, progress, should_cancel
-    ):
-        src_crop, _ = self.crop_source(read_image(source, limits), options)
+    def _animate_image_source(self, source: Path, job: "_Job") -> AnimateResult:
+        src_crop, _ = self.crop_source(read_image(source, job.limits), job.options)
         src, net_in = self._source_motion([src_crop])
         f_s = self.model.extract_appearance(net_in)
         transfer = MotionTransfer(
-            self.model, options, src, drv.info[0:1], driving_is_video=driving_kind != "image"
+            self.model, job.options, src, job.drv.info[0:1], driving_is_video=job.driving_kind != "image"
         )
-        n = len(drv.info)
-
-        side = options.output_kind == "side_by_side"
-        reader, driving_frames = (None, None)
-        if side and driving_kind == "video":
-            reader, driving_frames = self._driving_frames(driving, options, limits)
-        elif side:
-            still = (
-                cv2.resize(read_image(driving, limits), (512, 512))
-                if driving_kind == "image"
-                else np.zeros((512, 512, 3), np.uint8)
-            )
-            driving_frames = iter([still] * n)
-
-        if driving_kind == "image":
-            x_d = transfer(src, drv)
-            result = to_uint8_frames(self.model.render(f_s, src.x_s, x_d))[0].cpu().numpy()
-            out = self._compose(options, result, src_crop, next(driving_frames) if side else None)
-            output = output.with_suffix(".png")
+        n = len(job.drv.info)
+        if job.driving_kind == "image":
+            result = to_uint8_frames(self.model.render(f_s, src.x_s, transfer(src, job.drv)))[0].cpu().numpy()
+            still = cv2.resize(read_image(job.driving, job.limits), (512, 512))
+            out = compose_frame(job.options, result, src_crop, still)
+            output = job.output.with_suffix(".png")
             write_image(output, out)
-            if progress:
-                progress(1, 1)
-            return AnimateResult(output, 1, fps, out.shape[1], out.shape[0], "image/png")
+            if job.progress:
+                job.progress(1, 1)
+            return AnimateResult(output, 1, job.fps, out.shape[1], out.shape[0], "image/png")
 
-        audio = driving if (options.audio == "driving" and driving_kind == "video") else None
-        writer = None
-        done = 0
-        try:
+        audio = job.driving if (job.options.audio == "driving" and job.driving_kind == "video") else None
+        with _FrameSink(self, job, n, audio) as sink:
             for start in range(0, n, self.frame_batch):
-                if should_cancel is not None and should_cancel():
-                    raise AnimationCanceled
-                part = drv[start : start + self.frame_batch]
+                job.check_cancel()
+                part = job.drv[start : start + self.frame_batch]
                 frames = to_uint8_frames(self.model.render(f_s, src.x_s, transfer(src, part))).cpu().numpy()
-                for result in frames:
-                    out = self._compose(options, result, src_crop, next(driving_frames) if side else None)
-                    if writer is None:
-                        writer = self._writer(output, fps, out.shape, options, audio)
-                    writer.write(out)
-                done += len(frames)
-                if progress:
-                    progress(done, n)
-        finally:
-            if reader is not None:
-                reader.close()
-            if writer is not None:
-                writer.close()
-        return AnimateResult(output, done, fps, writer.width, writer.height, "video/mp4")
+                sink.add(frames, [src_crop] * len(frames))
+        return sink.result()
 
-    def _animate_video_source(
-        self, source, driving, driving_kind, drv, output, options, limits, fps, progress, should_cancel
-    ):
-        if driving_kind == "image":
+    def _animate_video_source(self, source: Path, job: "_Job") -> AnimateResult:
+        if job.driving_kind == "image":
             raise EngineError("unsupported_input", "a video source needs a driving video or motion template")
-        # pass 1 over the source: crops' motion and ratios, for the smoothing
+        options, drv = job.options, job.drv
+        # pass 1 over the source: each frame's crop motion and ratios, for the smoothing
         infos, eyes, lips, face = [], [], [], None
-        with VideoReader(source, limits) as reader:
+        with VideoReader(source, job.limits) as reader:
             for batch in _batches(reader, self.frame_batch):
                 crops = []
                 for frame in batch:
@@ -476,42 +421,114 @@ class Animator:
         smoothed, _, _ = smooth_video_motion(info, drv.info, options)
         transfer = MotionTransfer(self.model, options, sources[0:1], drv.info[0:1], source_is_video=True)
 
-        audio = {"driving": driving if driving_kind == "video" else None, "source": source}.get(options.audio)
-        side = options.output_kind == "side_by_side"
-        d_reader, driving_frames = self._driving_frames(driving, options, limits) if side else (None, None)
-        writer, done, face = None, 0, None
-        try:
-            with VideoReader(source, limits) as reader:
-                frames_iter = iter(reader)
-                for start in range(0, n, self.frame_batch):
-                    if should_cancel is not None and should_cancel():
-                        raise AnimationCanceled
-                    stop = min(start + self.frame_batch, n)
-                    crops = []
-                    for _ in range(start, stop):
-                        crop, face = self.crop_source(next(frames_iter), options, face)
-                        crops.append(crop)
-                    net_in = image_to_tensor(torch.from_numpy(np.stack([c.network_input for c in crops]))).to(
-                        self.device
-                    )
-                    f_s = self.model.extract_appearance(net_in)
-                    part = sources[start:stop]
-                    x_d = transfer(part, drv[start:stop], smoothed[start:stop])
-                    results = to_uint8_frames(self.model.render(f_s, part.x_s, x_d)).cpu().numpy()
-                    for crop, result in zip(crops, results, strict=True):
-                        out = self._compose(options, result, crop, next(driving_frames) if side else None)
-                        if writer is None:
-                            writer = self._writer(output, fps, out.shape, options, audio)
-                        writer.write(out)
-                    done = stop
-                    if progress:
-                        progress(done, n)
-        finally:
-            if d_reader is not None:
-                d_reader.close()
-            if writer is not None:
-                writer.close()
-        return AnimateResult(output, done, fps, writer.width, writer.height, "video/mp4")
+        # pass 2: re-read and re-crop the source frames, render, paste back
+        audio = {"driving": job.driving if job.driving_kind == "video" else None, "source": source}.get(
+            options.audio
+        )
+        face = None
+        with VideoReader(source, job.limits) as reader, _FrameSink(self, job, n, audio) as sink:
+            source_frames = iter(reader)
+            for start in range(0, n, self.frame_batch):
+                job.check_cancel()
+                stop = min(start + self.frame_batch, n)
+                crops = []
+                for _ in range(start, stop):
+                    crop, face = self.crop_source(next(source_frames), options, face)
+                    crops.append(crop)
+                f_s = self.model.extract_appearance(self._network_batch(crops))
+                part = sources[start:stop]
+                x_d = transfer(part, drv[start:stop], smoothed[start:stop])
+                sink.add(to_uint8_frames(self.model.render(f_s, part.x_s, x_d)).cpu().numpy(), crops)
+        return sink.result()
+
+
+def compose_frame(
+    options: AnimationOptions, result: np.ndarray, src: SourceCrop, driving512: np.ndarray | None
+) -> np.ndarray:
+    """The output frame for one rendered 512 crop: pasted back, the crop, or driving | source | result."""
+    if options.output_kind == "side_by_side":
+        return np.concatenate([driving512, src.crop512, result], axis=1)
+    pasteback = options.flag_pasteback and options.flag_do_crop and options.flag_stitching
+    if options.output_kind == "pasteback" and pasteback:
+        return paste_back(result, src.M_c2o, src.frame)
+    return result
+
+
+@dataclass
+class _Job:
+    """What one animate call carries through its passes."""
+
+    driving: Path
+    driving_kind: str
+    drv: DrivingMotion
+    output: Path
+    options: AnimationOptions
+    limits: Limits
+    fps: float
+    progress: Progress | None
+    should_cancel: Callable[[], bool] | None
+
+    def check_cancel(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise AnimationCanceled
+
+
+class _FrameSink:
+    """Composes rendered crops into output frames and encodes them, reporting progress per batch.
+
+    The encoder opens on the first frame (its size is known then); on an error the partial file is
+    removed. For the side-by-side output the driving video is decoded again alongside.
+    """
+
+    def __init__(self, animator: Animator, job: _Job, total: int, audio: Path | None) -> None:
+        self.job, self.total, self.audio, self.done = job, total, audio, 0
+        self.writer: VideoWriter | None = None
+        self.reader: VideoReader | None = None
+        self.driving_frames: Iterator[np.ndarray] | None = None
+        if job.options.output_kind == "side_by_side":
+            if job.driving_kind == "video":
+                self.reader, self.driving_frames = animator._driving_frames(
+                    job.driving, job.options, job.limits
+                )
+            else:  # a motion template has no pixels to show
+                self.driving_frames = itertools.repeat(np.zeros((512, 512, 3), np.uint8))
+
+    def __enter__(self) -> "_FrameSink":
+        return self
+
+    def add(self, results: np.ndarray, crops: list[SourceCrop]) -> None:
+        """Encode a batch: results (B, 512, 512, 3) uint8 with each frame's source crop."""
+        options = self.job.options
+        for result, crop in zip(results, crops, strict=True):
+            driving = next(self.driving_frames) if self.driving_frames is not None else None
+            out = compose_frame(options, result, crop, driving)
+            if self.writer is None:
+                audio = self.audio if options.audio != "none" else None
+                self.writer = VideoWriter(
+                    self.job.output,
+                    self.job.fps,
+                    out.shape[1],
+                    out.shape[0],
+                    crf=options.crf,
+                    audio_from=audio,
+                )
+            self.writer.write(out)
+        self.done += len(results)
+        if self.job.progress:
+            self.job.progress(self.done, self.total)
+
+    def result(self) -> AnimateResult:
+        w = self.writer
+        return AnimateResult(self.job.output, self.done, self.job.fps, w.width, w.height, "video/mp4")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        if self.writer is not None:
+            if exc_type is None:
+                self.writer.close()
+            else:
+                self.writer.abort()
 
 
 __all__ = ["AnimateResult", "AnimationCanceled", "Animator", "EngineError", "MediaError"]
