@@ -230,23 +230,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_weights_download)
 
-    for register in _service_commands():
-        register(sub)
+    from .cli_service import add_service_commands
+
+    _add_engines_commands(sub)
+    add_service_commands(sub)
     return parser
 
 
-def _service_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Subcommands of the optional parts (engines export/build, gateway, worker, client)."""
-    registrars = []
-    for module, name in (
-        ("engines.cli_engines", "add_engines_commands"),
-        ("liveportrait.cli_service", "add_service_commands"),
-    ):
-        try:
-            registrars.append(getattr(__import__(module, fromlist=[name]), name))
-        except ImportError:
-            continue
-    return registrars
+def _add_engines_commands(sub: argparse._SubParsersAction) -> None:
+    """`engines export|build`; the slim gateway install has no torch, so there they only explain."""
+    try:
+        from engines.cli_engines import add_engines_commands
+    except ModuleNotFoundError as err:
+        missing = err.name
+
+        def unavailable(args: argparse.Namespace) -> int:
+            print(f"error: `engines` needs the engines extra ({missing} is not installed)", file=sys.stderr)
+            return 2
+
+        sub.add_parser("engines", help=f"unavailable: {missing} is not installed").set_defaults(
+            func=unavailable
+        )
+        return
+    add_engines_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,12 @@
 """Comparisons against the oracle's golden data, with the oracle README's float32 tolerances."""
 
+from pathlib import Path
+
 import numpy as np
+import pytest
+
+from engines.export import MANIFEST_NAME, export_onnx_atomic
+from engines.model import LivePortraitModel
 
 REL_L2 = 1e-4
 
@@ -35,3 +41,13 @@ def assert_frames_close(actual: np.ndarray, expected: np.ndarray, name: str) -> 
     diff = np.abs(actual.astype(np.int16) - expected.astype(np.int16))
     assert diff.max() <= 1, f"{name}: max grey-level difference {diff.max()}"
     assert_close(actual, expected, name, 1e-3)
+
+
+def golden_export_dir(
+    model: LivePortraitModel, tmp_path_factory: pytest.TempPathFactory, precision: str
+) -> Path:
+    """The export of the golden model at `precision`, made once per session under the base temp dir."""
+    out = tmp_path_factory.getbasetemp() / f"golden-onnx-{precision}"
+    if not (out / MANIFEST_NAME).is_file():
+        export_onnx_atomic(model, out, precision=precision, max_batch=4)
+    return out

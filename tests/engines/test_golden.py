@@ -8,12 +8,13 @@ tensors, 1 grey level (and 1e-3 relative L2) on uint8 frames.
 import pytest
 import torch
 
+from engines.backends.onnxruntime_backend import OnnxRuntimeModel
 from engines.keypoints import MotionInfo, source_keypoints
 from engines.model import LivePortraitModel, image_to_tensor, to_uint8_frames
 from engines.motion_transfer import DrivingMotion, MotionTransfer, SourceMotion, smooth_video_motion
 from liveportrait.options import AnimationOptions
 
-from .golden_utils import assert_close, assert_close_sampled, assert_frames_close
+from .golden_utils import assert_close, assert_close_sampled, assert_frames_close, golden_export_dir
 
 VARIANTS = {
     "default": {},
@@ -40,9 +41,14 @@ VARIANTS = {
 MOTION_KEYS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
 
 
-@pytest.fixture(scope="module")
-def engine(golden_model: LivePortraitModel) -> LivePortraitModel:
-    return golden_model
+@pytest.fixture(scope="module", params=["torch", "onnxruntime"])
+def engine(
+    request, golden_model: LivePortraitModel, tmp_path_factory
+) -> LivePortraitModel | OnnxRuntimeModel:
+    """Every golden test runs on the torch model and on its float32 ONNX export in onnxruntime (CPU)."""
+    if request.param == "torch":
+        return golden_model
+    return OnnxRuntimeModel.from_export_dir(golden_export_dir(golden_model, tmp_path_factory, "fp32"))
 
 
 @pytest.fixture(scope="module")

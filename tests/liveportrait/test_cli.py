@@ -93,3 +93,21 @@ def test_download_failure_leaves_no_checkpoint(tmp_path):
     with pytest.raises(OSError):
         download_bundle(tmp_path, hub=f"http://127.0.0.1:{port}")
     assert not any(p.suffix == ".pth" for p in Path(tmp_path).rglob("*"))
+
+
+def test_gateway_command_never_imports_torch():
+    """The gateway image has no torch: building the parser and `gateway --help` must not need it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from liveportrait.cli import build_parser, main\n"
+        "parser = build_parser()\n"
+        "assert main(['engines']) == 2\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "parser.parse_args(['gateway'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "needs the engines extra" in result.stderr
