@@ -27,6 +27,7 @@ from .crop import (
 )
 from .crop import to_network_input as resize_to_network
 from .detection import Face, FaceAnalyzer, LandmarksRequired, load_analyzer
+from .inference import Precision, optimize_for_inference
 from .keypoints import MotionInfo, source_keypoints
 from .media import Limits, MediaError, VideoReader, VideoWriter, probe, read_image, write_image
 from .model import LivePortraitModel, image_to_tensor, to_uint8_frames
@@ -133,9 +134,18 @@ class Animator:
         backend: str = "torch",
         frame_batch: int = 8,
         detector: str = "auto",
+        optimize: bool = False,
+        precision: Precision = "fp32",
     ) -> None:
+        """optimize: run engines.inference's rewritten F, W and G (float32 keeps the golden
+        tolerance); precision: "fp32", or "bf16" / "fp16" (autocast, with optimize only)."""
+        if precision != "fp32" and not optimize:
+            raise ValueError("precision other than fp32 needs optimize=True")
         self.device = torch.device(device)
-        self.model = LivePortraitModel.from_weights(Path(weights_dir), self.device)
+        model = LivePortraitModel.from_weights(Path(weights_dir), self.device)
+        if optimize:
+            model = optimize_for_inference(model, precision=precision, copy_model=False)
+        self.model = model
         self.analyzer: FaceAnalyzer = load_analyzer(Path(weights_dir), detector)
         self.frame_batch = frame_batch
         self.backend = backend

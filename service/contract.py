@@ -90,6 +90,11 @@ class JobPayload(BaseModel):
     driving: InputLocation
     options: AnimationOptions = Field(default_factory=AnimationOptions)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    traceparent: str | None = Field(
+        None,
+        pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        description="W3C trace context of the gateway request that created the job.",
+    )
 
 
 class Progress(BaseModel):
@@ -132,6 +137,18 @@ class Job(BaseModel):
     result: JobResult | None = None
     cancel_requested: bool = False
     attempts: int = 0
+    trace_id: str | None = Field(
+        None, description="W3C trace id of the submitting request (its `traceparent`, or one we started)."
+    )
+
+
+class JobPage(BaseModel):
+    """One page of GET /v1/jobs: the caller's jobs, newest first."""
+
+    jobs: list[Job]
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` to get the next page; null on the last page."
+    )
 
 
 class UploadRequest(BaseModel):

@@ -1,19 +1,22 @@
 """Structured logging for the gateway and the worker: structlog, JSON lines by default.
 
-Bound context variables (the job id, in the worker) are merged into every line, including the
-lines of libraries that log through the standard library (RQ, uvicorn).
+Bound context variables (the job id and trace id in the worker; the trace id and request id in
+the gateway, see service.tracing) are merged into every line, including the lines of libraries
+that log through the standard library (RQ, uvicorn).
 """
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 from service.settings import Settings
 
 
-def configure_logging(settings: Settings) -> None:
-    """Route structlog and the standard library through one JSON (or console) renderer on stderr."""
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+    """Route structlog and the standard library through one JSON (or console) renderer on `stream`
+    (default: stderr)."""
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -39,7 +42,7 @@ def configure_logging(settings: Settings) -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,24 +1,38 @@
 """Job metrics kept in Redis, so every worker and gateway contributes to one set of numbers.
 
-Workers and gateways increment counters and histogram buckets in one Redis hash; the gateway's
-/metrics renders them (plus live queue depths) in the Prometheus text format at scrape time.
-Metric names carry no per-job labels.
+Workers and gateways increment counters and histogram buckets in one Redis hash (`{prefix}:metrics`,
+each update one MULTI transaction, so a scrape never sees a bucket without its count); workers also
+keep their latest render speed and GPU memory peak in `{prefix}:metrics:workers`. The gateway's
+/metrics renders all of it, plus live queue depths and worker counts, in the Prometheus text format
+at scrape time: every gateway reports the same totals. Metric names carry no per-job labels; the
+per-worker gauges are labelled with the worker's name and only report workers that are alive.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from redis import Redis
 from redis.client import Pipeline
+from rq.worker import Worker
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from service.contract import PRIORITIES
 
+if TYPE_CHECKING:
+    from service.queue import JobQueue
+
 WAIT_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 RUN_BUCKETS: tuple[float, ...] = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
-HISTOGRAMS: dict[str, tuple[float, ...]] = {"wait": WAIT_BUCKETS, "run": RUN_BUCKETS}
+FPS_BUCKETS: tuple[float, ...] = (0.25, 0.5, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+HISTOGRAMS: dict[str, tuple[float, ...]] = {"wait": WAIT_BUCKETS, "run": RUN_BUCKETS, "fps": FPS_BUCKETS}
 STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "canceled")
 
 
@@ -26,12 +40,17 @@ def _bucket_field(name: str, le: float) -> str:
     return f"{name}:le:{le:g}"
 
 
-def observe(pipe: Redis | Pipeline, key: str, name: str, seconds: float) -> None:
+def workers_key(metrics_key: str) -> str:
+    """The hash of per-worker gauges (one JSON value per worker name)."""
+    return f"{metrics_key}:workers"
+
+
+def observe(pipe: Redis | Pipeline, key: str, name: str, value: float) -> None:
     """Add one observation to histogram `name` (one bucket field, plus sum and count)."""
     buckets = HISTOGRAMS[name]
-    le = next((b for b in buckets if seconds <= b), math.inf)
+    le = next((b for b in buckets if value <= b), math.inf)
     pipe.hincrby(key, _bucket_field(name, le), 1)
-    pipe.hincrbyfloat(key, f"{name}:sum", max(seconds, 0.0))
+    pipe.hincrbyfloat(key, f"{name}:sum", max(value, 0.0))
     pipe.hincrby(key, f"{name}:count", 1)
 
 
@@ -40,29 +59,116 @@ def count_status(pipe: Redis | Pipeline, key: str, status: str) -> None:
     pipe.hincrby(key, f"jobs:{status}", 1)
 
 
+def cuda_peak_memory_bytes() -> int | None:
+    """torch.cuda.max_memory_allocated() of this process when it runs on CUDA, else None.
+
+    Never imports torch: a process that has not imported it (the gateway, a test double) or has
+    not initialised CUDA (a CPU worker) reports None.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    return int(torch.cuda.max_memory_allocated())
+
+
+def record_render(
+    redis: Redis, key: str, worker: str, *, frames: int, seconds: float, gpu_memory_bytes: int | None
+) -> None:
+    """A worker finished rendering `frames` in `seconds`: its speed (histogram and gauge) and GPU peak."""
+    fps = frames / max(seconds, 1e-6)
+    stats = {"fps": round(fps, 4), "gpu_memory_peak_bytes": gpu_memory_bytes, "at": time.time()}
+    with redis.pipeline() as pipe:
+        if frames > 0:
+            observe(pipe, key, "fps", fps)
+        pipe.hset(workers_key(key), worker, json.dumps(stats))
+        pipe.execute()
+
+
+def live_workers(redis: Redis, queue_names: Sequence[str]) -> list[str]:
+    """Names of the RQ workers registered on `queue_names` whose registration is alive."""
+    members = (redis.smembers(WORKERS_BY_QUEUE_KEY % name) for name in queue_names)
+    keys = sorted({member.decode() for registered in members for member in registered})
+    if not keys:
+        return []
+    with redis.pipeline(transaction=False) as pipe:
+        for worker_key in keys:
+            pipe.exists(worker_key)
+            pipe.hexists(worker_key, "death")
+        flags = pipe.execute()
+    prefix = Worker.redis_worker_namespace_prefix
+    return [
+        worker_key.removeprefix(prefix)
+        for worker_key, exists, dead in zip(keys, flags[::2], flags[1::2], strict=True)
+        if exists and not dead
+    ]
+
+
+@dataclass
+class _Snapshot:
+    """Everything one scrape reads from Redis, read before any metric is rendered."""
+
+    raw: dict[str, str]
+    depths: dict[str, int]
+    running: int
+    workers: list[str] | None = None
+    worker_stats: dict[str, dict] = field(default_factory=dict)
+
+
 class RedisMetricsCollector:
-    """A prometheus_client collector reading the shared hash and the queue lengths."""
+    """A prometheus_client collector reading the shared hashes, the queue lengths and the workers."""
 
     def __init__(
-        self, redis: Redis, key: str, depths: Callable[[], dict[str, int]], running: Callable[[], int]
-    ):
+        self,
+        redis: Redis,
+        key: str,
+        depths: Callable[[], dict[str, int]],
+        running: Callable[[], int],
+        workers: Callable[[], list[str]] | None = None,
+    ) -> None:
         self.redis = redis
         self.key = key
         self.depths = depths
         self.running = running
+        self.workers = workers
+
+    @classmethod
+    def for_queue(cls, queue: JobQueue) -> RedisMetricsCollector:
+        """The collector of a JobQueue's metrics, its queues' depths and its live workers."""
+        names = [rq_queue.name for rq_queue in queue.queues.values()]
+        return cls(
+            queue.redis,
+            queue.metrics_key,
+            queue.depths,
+            queue.running,
+            workers=lambda: live_workers(queue.redis, names),
+        )
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the metrics are read from Redis on collect."""
         return []
 
+    def _snapshot(self) -> _Snapshot:
+        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key).items()}
+        snapshot = _Snapshot(raw=raw, depths=self.depths(), running=self.running())
+        if self.workers is not None:
+            snapshot.workers = self.workers()
+            stats_key = workers_key(self.key)
+            stats = {k.decode(): v for k, v in self.redis.hgetall(stats_key).items()}
+            gone = sorted(set(stats) - set(snapshot.workers))
+            if gone:
+                self.redis.hdel(stats_key, *gone)
+            snapshot.worker_stats = {
+                name: json.loads(stats[name]) for name in snapshot.workers if name in stats
+            }
+        return snapshot
+
     def collect(self) -> Iterator[Metric]:
         """The metrics, or none at all while Redis is unreachable."""
         try:
-            raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key).items()}
-            depths = self.depths()
-            running = self.running()
+            snap = self._snapshot()
         except Exception:  # a scrape must not fail because Redis is down
             return
+        raw = snap.raw
         jobs = CounterMetricFamily("liveportrait_jobs", "Jobs that entered each status.", labels=["status"])
         for status in STATUSES:
             jobs.add_metric([status], float(raw.get(f"jobs:{status}", 0)))
@@ -74,13 +180,44 @@ class RedisMetricsCollector:
             "liveportrait_queue_depth", "Jobs waiting in each queue.", labels=["priority"]
         )
         for priority in PRIORITIES:
-            depth.add_metric([priority], float(depths.get(priority, 0)))
+            depth.add_metric([priority], float(snap.depths.get(priority, 0)))
         yield depth
-        yield GaugeMetricFamily("liveportrait_jobs_running", "Jobs being executed by workers.", value=running)
-        yield self._histogram(
-            raw, "wait", "liveportrait_job_wait_seconds", "Seconds from submission to start."
+        yield GaugeMetricFamily(
+            "liveportrait_jobs_running", "Jobs being executed by workers.", value=snap.running
         )
-        yield self._histogram(raw, "run", "liveportrait_job_run_seconds", "Seconds from start to the end.")
+        yield self._histogram(
+            raw, "wait", "liveportrait_job_wait_seconds", "Seconds from submission to an attempt's start."
+        )
+        yield self._histogram(
+            raw, "run", "liveportrait_job_run_seconds", "Seconds from the start of an attempt to its end."
+        )
+        yield self._histogram(
+            raw, "fps", "liveportrait_render_frames_per_second", "Frames per second of each completed render."
+        )
+        if snap.workers is not None:
+            yield from self._worker_metrics(snap)
+
+    @staticmethod
+    def _worker_metrics(snap: _Snapshot) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "liveportrait_workers", "Workers alive on the job queues.", value=len(snap.workers or ())
+        )
+        fps = GaugeMetricFamily(
+            "liveportrait_worker_render_frames_per_second",
+            "Frames per second of the worker's latest completed render.",
+            labels=["worker"],
+        )
+        gpu = GaugeMetricFamily(
+            "liveportrait_worker_gpu_memory_peak_bytes",
+            "torch.cuda.max_memory_allocated() of the worker process (CUDA workers only).",
+            labels=["worker"],
+        )
+        for name, stats in sorted(snap.worker_stats.items()):
+            fps.add_metric([name], float(stats.get("fps") or 0.0))
+            if stats.get("gpu_memory_peak_bytes") is not None:
+                gpu.add_metric([name], float(stats["gpu_memory_peak_bytes"]))
+        yield fps
+        yield gpu
 
     @staticmethod
     def _histogram(raw: dict[str, str], name: str, metric: str, doc: str) -> HistogramMetricFamily:

@@ -25,6 +25,11 @@ result_key         storage key of the result; result_content_type, result_frames
 =================  ==========================================================================
 
 The hash expires `result_ttl_s` (succeeded, canceled) or `failure_ttl_s` (failed) after the end.
+
+Attempts are fenced: `claim_attempt` returns the attempt number, and a worker passes it to every
+later transition (progress, succeed, fail, cancel, requeue), which is refused once a newer attempt
+of the job started. A worker that was taken for dead but was only stalled can thus never overwrite
+the progress or the outcome of the attempt that replaced it.
 Idempotency keys live at ``{prefix}:idem:{sha256(scope, key)}``; metrics at ``{prefix}:metrics``.
 """
 
@@ -65,33 +70,48 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
 end
 redis.call('HDEL', KEYS[1], 'frames_total', 'progress_at')
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[2], 'frames_done', 0)
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return 'running'
+return 'running:' .. redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 """
 
-_PROGRESS = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return -1 end
+_FENCE = """
+local function superseded(attempt)
+  return attempt ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= attempt
+end
+"""
+
+_PROGRESS = (
+    _FENCE
+    + """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' or superseded(ARGV[4]) then return -1 end
 local before = tonumber(redis.call('HGET', KEYS[1], 'frames_done') or '0')
 local done = tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'frames_done', ARGV[1], 'frames_total', ARGV[2], 'progress_at', ARGV[3])
 if done > before then redis.call('HINCRBY', KEYS[2], 'frames', done - before) end
 return done - before
 """
+)
 
-_FINISH = """
+_FINISH = (
+    _FENCE
+    + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if s ~= 'running' then return s or 'missing' end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], unpack(ARGV, 4))
+if superseded(ARGV[4]) then return 'superseded' end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 'ok'
 """
+)
 
-_REQUEUE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+_REQUEUE = (
+    _FENCE
+    + """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' or superseded(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued')
 redis.call('HDEL', KEYS[1], 'started_at', 'frames_done', 'frames_total', 'progress_at', 'worker')
 return 1
 """
+)
 
 _CANCEL = """
 local s = redis.call('HGET', KEYS[1], 'status')
@@ -120,6 +140,15 @@ def connect(settings: Settings) -> Redis:
         health_check_interval=30,
         retry=RedisRetry(ExponentialBackoff(cap=0.25, base=0.02), 2),
     )
+
+
+def abandoned_after_s(settings: Settings) -> int:
+    """Seconds without a heartbeat after which a running job counts as abandoned by its worker."""
+    return settings.job_abandoned_after_s or 4 * settings.worker_heartbeat_s + 15
+
+
+def _fence(attempt: int | None) -> str:
+    return "" if attempt is None else str(attempt)
 
 
 def queue_names(prefix: str) -> list[str]:
@@ -220,7 +249,10 @@ class JobQueue:
     @property
     def _hash_ttl(self) -> int:
         attempts = self.settings.job_retries + 1
-        waits = sum(self.settings.retry_backoff_s) + self.settings.job_timeout_s * attempts
+        per_attempt = (
+            self.settings.job_timeout_s + abandoned_after_s(self.settings) + self.settings.reaper_interval_s
+        )
+        waits = sum(self.settings.retry_backoff_s) + per_attempt * attempts
         return max(self.settings.result_ttl_s, self.settings.failure_ttl_s) + waits
 
     # gateway side
@@ -334,11 +366,18 @@ class JobQueue:
     # worker side
     def claim(self, job_id: str, worker_name: str) -> str:
         """Mark the job running; returns 'running', or the status that forbids running it."""
+        return self.claim_attempt(job_id, worker_name)[0]
+
+    def claim_attempt(self, job_id: str, worker_name: str) -> tuple[str, int]:
+        """Start a new attempt of the job: ('running', its attempt number), or (the status that forbids
+        running it, 0). A new attempt supersedes any earlier one that may still be alive."""
         now = time.time()
         outcome = self._claim(
             keys=[self.job_key(job_id)], args=[repr(now), worker_name, self.settings.result_ttl_s]
         ).decode()
-        if outcome == "running":
+        attempt = 0
+        if outcome.startswith("running:"):
+            outcome, attempt = "running", int(outcome.partition(":")[2])
             record = self.get(job_id)
             with self.redis.pipeline() as pipe:
                 metrics.count_status(pipe, self.metrics_key, "running")
@@ -347,23 +386,37 @@ class JobQueue:
                 pipe.execute()
         elif outcome == "canceled":
             metrics.count_status(self.redis, self.metrics_key, "canceled")
-        return outcome
+        return outcome, attempt
 
-    def progress(self, job_id: str, frames_done: int, frames_total: int) -> None:
-        """Record the frames done so far of a running job."""
+    def progress(
+        self, job_id: str, frames_done: int, frames_total: int, *, attempt: int | None = None
+    ) -> None:
+        """Record the frames done so far of a running job (of its attempt `attempt`, when given)."""
         self._progress(
-            keys=[self.job_key(job_id), self.metrics_key], args=[frames_done, frames_total, repr(time.time())]
+            keys=[self.job_key(job_id), self.metrics_key],
+            args=[frames_done, frames_total, repr(time.time()), _fence(attempt)],
         )
 
-    def cancel_requested(self, job_id: str) -> bool:
-        """Whether someone asked to cancel the job (or it vanished)."""
-        flag, status = self.redis.hmget(self.job_key(job_id), ["cancel_requested", "status"])
-        return flag == b"1" or status is None
+    def cancel_requested(self, job_id: str, *, attempt: int | None = None) -> bool:
+        """Whether the job should stop: a cancel was asked for, it vanished, or `attempt` was superseded."""
+        flag, status, attempts = self.redis.hmget(
+            self.job_key(job_id), ["cancel_requested", "status", "attempts"]
+        )
+        superseded = attempt is not None and attempts != str(attempt).encode()
+        return flag == b"1" or status is None or superseded
 
     def succeed(
-        self, job_id: str, *, result_key: str, content_type: str, frames: int, fps: float, size_bytes: int
+        self,
+        job_id: str,
+        *,
+        result_key: str,
+        content_type: str,
+        frames: int,
+        fps: float,
+        size_bytes: int,
+        attempt: int | None = None,
     ) -> bool:
-        """Mark a running job succeeded with its result."""
+        """Mark a running job succeeded with its result (refused when `attempt` was superseded)."""
         fields = {
             "result_key": result_key,
             "result_content_type": content_type,
@@ -371,24 +424,26 @@ class JobQueue:
             "result_fps": repr(float(fps)),
             "result_bytes": size_bytes,
         }
-        return self._end(job_id, "succeeded", self.settings.result_ttl_s, fields)
+        return self._end(job_id, "succeeded", self.settings.result_ttl_s, fields, attempt)
 
-    def fail(self, job_id: str, code: str, message: str) -> bool:
-        """Mark a running job failed."""
+    def fail(self, job_id: str, code: str, message: str, *, attempt: int | None = None) -> bool:
+        """Mark a running job failed (refused when `attempt` was superseded)."""
         fields = {"error_code": code, "error_message": message}
-        return self._end(job_id, "failed", self.settings.failure_ttl_s, fields)
+        return self._end(job_id, "failed", self.settings.failure_ttl_s, fields, attempt)
 
-    def mark_canceled(self, job_id: str) -> bool:
-        """Mark a running job canceled (its worker stopped it)."""
-        return self._end(job_id, "canceled", self.settings.result_ttl_s, {})
+    def mark_canceled(self, job_id: str, *, attempt: int | None = None) -> bool:
+        """Mark a running job canceled (its worker stopped it; refused when `attempt` was superseded)."""
+        return self._end(job_id, "canceled", self.settings.result_ttl_s, {}, attempt)
 
-    def requeue(self, job_id: str) -> bool:
-        """Put a running job back to queued, before RQ retries it."""
-        return bool(self._requeue(keys=[self.job_key(job_id)]))
+    def requeue(self, job_id: str, *, attempt: int | None = None) -> bool:
+        """Put a running job back to queued, before RQ retries it (refused when `attempt` was superseded)."""
+        return bool(self._requeue(keys=[self.job_key(job_id)], args=[_fence(attempt)]))
 
-    def _end(self, job_id: str, status: str, ttl: int, fields: dict[str, object]) -> bool:
+    def _end(
+        self, job_id: str, status: str, ttl: int, fields: dict[str, object], attempt: int | None
+    ) -> bool:
         now = time.time()
-        flat: list[object] = [status, repr(now), ttl]
+        flat: list[object] = [status, repr(now), ttl, _fence(attempt)]
         for name, value in fields.items():
             flat.extend((name, value))
         ended = self._finish(keys=[self.job_key(job_id)], args=flat) == b"ok"

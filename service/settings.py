@@ -42,6 +42,18 @@ class Settings(BaseSettings):
     )
     s3_multipart_threshold_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024)
     s3_multipart_chunk_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    s3_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Attempts per S3 request (botocore standard retries, exponential backoff).",
+    )
+    storage_retry_window_s: float = Field(
+        120.0,
+        ge=0,
+        description="How long a worker retries an unreachable store for a job's inputs and result before "
+        "failing the job with storage_unavailable.",
+    )
     s3_input_buckets: list[str] = Field(
         default_factory=list, description="Buckets that s3:// input URLs may read from (none by default)."
     )
@@ -62,6 +74,12 @@ class Settings(BaseSettings):
     signing_secret: SecretStr | None = Field(
         None, description="HMAC key of gateway upload URLs (local store); random per process when unset."
     )
+    rate_limit_per_minute: int = Field(
+        0,
+        ge=0,
+        description="Requests per minute per API key (per client address without keys), over all gateways "
+        "(a sliding window in Redis); 0: no limit.",
+    )
     allow_private_urls: bool = Field(False, description="Allow URL inputs on private/loopback addresses.")
     url_fetch_timeout_s: float = Field(30.0, gt=0, description="Timeout of each read of a URL input.")
 
@@ -81,6 +99,15 @@ class Settings(BaseSettings):
     worker_name: str | None = None
     worker_heartbeat_s: int = Field(15, ge=1, le=300, description="Heartbeat period of a busy worker.")
     scheduler_interval_s: int = Field(1, ge=1, le=60, description="How often delayed retries are enqueued.")
+    job_abandoned_after_s: int | None = Field(
+        None,
+        ge=2,
+        description="A running job whose worker sent no heartbeat for this long is abandoned and re-queued "
+        "(default 4 * worker_heartbeat_s + 15; keep it several heartbeats long).",
+    )
+    reaper_interval_s: int = Field(
+        30, ge=1, le=3600, description="How often the workers look for abandoned jobs (one of them does)."
+    )
 
     # logging
     log_level: str = "INFO"

@@ -1,7 +1,12 @@
 """Object storage behind one small interface: a local directory (the embedded default) or S3.
 
-Keys are relative, slash-separated paths such as ``results/<job id>/output.mp4``; both stores
-refuse anything that could escape their root (``..``, absolute paths, odd characters).
+Keys are relative, slash-separated paths such as ``results/<job id>/<attempt>/output.mp4``; both
+stores refuse anything that could escape their root (``..``, absolute paths, odd characters).
+
+Outages: each S3 request is retried by botocore (`s3_max_attempts`, exponential backoff); on top of
+that `with_retries` and `put_with_retries` keep retrying a whole transfer for a bounded window and
+then raise `StorageUnavailable`. A failed multipart upload is aborted (at once when S3 still
+answers, else by the next successful attempt), so no partial object is ever left under a key.
 """
 
 from __future__ import annotations
@@ -10,11 +15,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
 from service.settings import Settings
 
@@ -24,6 +30,10 @@ if TYPE_CHECKING:
 
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _COPY_CHUNK = 1024 * 1024
+_RETRY_FIRST_S = 0.5
+_RETRY_MAX_S = 8.0
+
+T = TypeVar("T")
 
 
 class StorageError(Exception):
@@ -32,6 +42,16 @@ class StorageError(Exception):
 
 class ObjectNotFound(StorageError):
     """No object under this key."""
+
+
+class StorageUnavailable(StorageError):
+    """The store stayed unreachable for a whole retry window; `code` and `message` go into a failed job."""
+
+    code = "storage_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class ReadStream(Protocol):
@@ -87,6 +107,10 @@ class Store(Protocol):
 
     def delete_prefix(self, prefix: str) -> int:
         """Remove every object under `prefix` (which ends with '/'); return how many."""
+        ...
+
+    def abort_incomplete(self, key: str) -> int:
+        """Discard unfinished (multipart) uploads to `key`; return how many."""
         ...
 
     def presigned_get(
@@ -186,6 +210,11 @@ class LocalStore:
         shutil.rmtree(directory, ignore_errors=True)
         return count
 
+    def abort_incomplete(self, key: str) -> int:
+        """Nothing to do: `put` removes its temporary file when it fails."""
+        check_key(key)
+        return 0
+
     def presigned_get(
         self, key: str, *, expires_s: int, filename: str | None = None, content_type: str | None = None
     ) -> str | None:
@@ -223,7 +252,7 @@ def make_s3_client(settings: Settings, *, public: bool = False) -> BaseClient:
     config = Config(
         signature_version="s3v4",
         s3={"addressing_style": settings.s3_addressing_style},
-        retries={"max_attempts": 3, "mode": "standard"},
+        retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
         connect_timeout=5,
         read_timeout=60,
     )
@@ -280,13 +309,20 @@ class S3Store:
         return self.prefix + check_key(key)
 
     def put(self, key: str, data: Path | BinaryIO, content_type: str | None = None) -> None:
-        """Upload, in parallel parts above the multipart threshold."""
+        """Upload, in parallel parts above the multipart threshold; a failed upload is aborted."""
         extra = {"ContentType": content_type} if content_type else {}
-        with _s3_errors(key):
-            if isinstance(data, Path):
-                self.client.upload_file(str(data), self.bucket, self._key(key), extra, Config=self.transfer)
-            else:
-                self.client.upload_fileobj(data, self.bucket, self._key(key), extra, Config=self.transfer)
+        try:
+            with _s3_errors(key):
+                if isinstance(data, Path):
+                    self.client.upload_file(
+                        str(data), self.bucket, self._key(key), extra, Config=self.transfer
+                    )
+                else:
+                    self.client.upload_fileobj(data, self.bucket, self._key(key), extra, Config=self.transfer)
+        except StorageError:
+            # when S3 is still away, the next successful attempt (or a lifecycle rule) aborts it
+            _best_effort(lambda: self.abort_incomplete(key))
+            raise
 
     def get(self, key: str, dest: Path) -> Path:
         """Download, in parallel ranges for large objects."""
@@ -339,6 +375,23 @@ class S3Store:
                     count += len(objects)
         return count
 
+    def abort_incomplete(self, key: str) -> int:
+        """List the multipart uploads in progress to exactly this key and abort them."""
+        full = self._key(key)
+        count = 0
+        with _s3_errors(key):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Key"] == full:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=full, UploadId=upload["UploadId"]
+                        )
+                        count += 1
+        return count
+
     def presigned_get(
         self, key: str, *, expires_s: int, filename: str | None = None, content_type: str | None = None
     ) -> str | None:
@@ -366,6 +419,63 @@ class S3Store:
         """HEAD the bucket."""
         with _s3_errors(self.bucket):
             self.client.head_bucket(Bucket=self.bucket)
+
+
+def with_retries(
+    operation: Callable[[], T],
+    *,
+    window_s: float,
+    what: str,
+    cleanup: Callable[[], object] | None = None,
+) -> T:
+    """Run `operation`, retrying StorageError (not ObjectNotFound) with exponential backoff.
+
+    Retries stop `window_s` seconds after the first failure: then StorageUnavailable is raised.
+    `cleanup` (best effort) runs before each retry and once after a success that followed failures.
+    """
+    deadline: float | None = None
+    delay = _RETRY_FIRST_S
+    while True:
+        try:
+            result = operation()
+        except ObjectNotFound:
+            raise
+        except StorageError as exc:
+            now = time.monotonic()
+            deadline = now + window_s if deadline is None else deadline
+            if now >= deadline:
+                raise StorageUnavailable(
+                    f"the store was unreachable for {window_s:g} s ({what}): {exc}"
+                ) from exc
+            time.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, _RETRY_MAX_S)
+            _best_effort(cleanup)
+            continue
+        if deadline is not None:
+            _best_effort(cleanup)
+        return result
+
+
+def put_with_retries(
+    store: Store, key: str, path: Path, *, content_type: str | None, window_s: float
+) -> None:
+    """`store.put` under `with_retries`; when it gives up, whatever may have reached `key` is removed."""
+    try:
+        with_retries(
+            lambda: store.put(key, path, content_type=content_type),
+            window_s=window_s,
+            what=f"upload of {key}",
+            cleanup=lambda: store.abort_incomplete(key),
+        )
+    except StorageUnavailable:
+        _best_effort(lambda: store.delete(key))
+        raise
+
+
+def _best_effort(action: Callable[[], object] | None) -> None:
+    if action is not None:
+        with suppress(StorageError):
+            action()
 
 
 def make_store(settings: Settings) -> Store:

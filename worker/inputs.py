@@ -15,7 +15,7 @@ import httpx
 from service.contract import InputLocation
 from service.media import SNIFF_BYTES, extension, sniff
 from service.settings import Settings
-from service.storage import ObjectNotFound, Store, make_s3_client, transfer_config
+from service.storage import ObjectNotFound, Store, make_s3_client, transfer_config, with_retries
 from service.urls import S3Location, UnsafeURL, check_url
 
 MAX_REDIRECTS = 3
@@ -35,11 +35,12 @@ def _too_large(name: str, limit: int) -> InputError:
     return InputError("too_large", f"the {name} input is larger than {limit} bytes")
 
 
-def _from_store(store: Store, key: str, dest: Path, name: str, limit: int) -> None:
+def _from_store(store: Store, key: str, dest: Path, name: str, limit: int, window_s: float) -> None:
     try:
-        if store.size(key) > limit:
+        size = with_retries(lambda: store.size(key), window_s=window_s, what=f"size of the {name} input")
+        if size > limit:
             raise _too_large(name, limit)
-        store.get(key, dest)
+        with_retries(lambda: store.get(key, dest), window_s=window_s, what=f"download of the {name} input")
     except ObjectNotFound as exc:
         raise InputError("input_missing", f"the {name} input is no longer stored") from exc
 
@@ -99,12 +100,13 @@ def fetch_input(
     """Download one input into `work_dir`, check its content and return its path.
 
     Raises InputError (codes: input_missing, too_large, url_refused, fetch_failed,
-    unsupported_media).
+    unsupported_media), or StorageUnavailable when the store stays unreachable for
+    `storage_retry_window_s`.
     """
     limit = settings.max_input_bytes
     raw = work_dir / f"{name}.download"
     if location.key is not None:
-        _from_store(store, location.key, raw, name, limit)
+        _from_store(store, location.key, raw, name, limit, settings.storage_retry_window_s)
     else:
         url = str(location.url)
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import redis
 import structlog
 from pydantic import ValidationError
 from rq import get_current_job
@@ -23,14 +24,18 @@ from rq.job import Job as RQJob
 from rq.timeouts import JobTimeoutException
 
 from liveportrait.options import AnimationOptions
+from service import metrics, tracing
 from service.contract import JobPayload
 from service.media import SNIFF_BYTES, extension, sniff
 from service.queue import JobQueue
 from service.settings import Settings
-from service.storage import Store
+from service.storage import StorageError, Store, put_with_retries
 from worker.inputs import fetch_input
 
 log = structlog.get_logger("worker")
+
+SUPERSEDED = "superseded"
+"""What `JobRunner.run` returns for an attempt that a newer attempt of the same job replaced."""
 
 
 class AnimationResult(Protocol):
@@ -85,56 +90,79 @@ class JobRunner:
         self._work_root = root
 
     def run(self, raw_payload: dict[str, Any], job_id: str, retries_left: int = 0) -> dict[str, Any]:
-        """Run one job to a terminal state (or back to queued when RQ will retry it)."""
-        with structlog.contextvars.bound_contextvars(job_id=job_id):
-            state = self.queue.claim(job_id, self.worker_name)
+        """Run one attempt of a job to a terminal state, or back to queued when RQ will retry it.
+
+        Every transition is fenced by the attempt number: an attempt that a newer one superseded
+        (its worker was taken for dead) stops at its next cancel check and changes nothing.
+        """
+        trace = tracing.job_log_fields(raw_payload.get("traceparent"))
+        with structlog.contextvars.bound_contextvars(job_id=job_id, **trace):
+            state, attempt = self.queue.claim_attempt(job_id, self.worker_name)
             if state != "running":
                 log.info("job.skipped", status=state)
                 if state == "canceled":
-                    self.store.delete_prefix(f"inputs/{job_id}/")
+                    self.drop_inputs(job_id)
                 return {"status": state}
-            log.info("job.started", retries_left=retries_left)
+            log.info("job.started", attempt=attempt, retries_left=retries_left)
             work_dir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=self._work_root))
-            terminal = True
+            settled = False
             started = time.monotonic()
             try:
-                return self._animate(job_id, raw_payload, work_dir)
+                outcome = self._animate(job_id, attempt, raw_payload, work_dir)
+                settled = outcome["status"] != SUPERSEDED
+                return outcome
             except self.engine.canceled:
-                self.queue.mark_canceled(job_id)
-                log.info("job.canceled", seconds=round(time.monotonic() - started, 3))
-                return {"status": "canceled"}
+                settled = self.queue.mark_canceled(job_id, attempt=attempt)
+                log.info(
+                    "job.canceled" if settled else "job.superseded",
+                    seconds=round(time.monotonic() - started, 3),
+                )
+                return {"status": "canceled" if settled else SUPERSEDED}
             except JobTimeoutException:
                 message = f"the job ran longer than {self.settings.job_timeout_s} s"
-                self.queue.fail(job_id, "timeout", message)
-                log.warning("job.failed", code="timeout")
-                return {"status": "failed", "code": "timeout"}
+                settled = self.queue.fail(job_id, "timeout", message, attempt=attempt)
+                log.warning("job.failed" if settled else "job.superseded", code="timeout")
+                return {"status": "failed" if settled else SUPERSEDED, "code": "timeout"}
             except Exception as exc:
                 code, message = getattr(exc, "code", None), getattr(exc, "message", None)
                 if isinstance(code, str) and isinstance(message, str):
-                    self.queue.fail(job_id, code, message)
-                    log.info("job.failed", code=code, message=message)
-                    return {"status": "failed", "code": code}
+                    settled = self.queue.fail(job_id, code, message, attempt=attempt)
+                    log.info("job.failed" if settled else "job.superseded", code=code, message=message)
+                    return {"status": "failed" if settled else SUPERSEDED, "code": code}
                 if retries_left > 0:
-                    terminal = not self.queue.requeue(job_id)
+                    if not self.queue.requeue(job_id, attempt=attempt):
+                        log.warning("job.superseded", error=type(exc).__name__)
+                        return {"status": SUPERSEDED}
                     log.exception("job.error_will_retry", retries_left=retries_left)
                 else:
-                    self.queue.fail(
-                        job_id, "internal_error", f"unexpected {type(exc).__name__} in the worker"
-                    )
+                    message = f"unexpected {type(exc).__name__} in the worker"
+                    settled = self.queue.fail(job_id, "internal_error", message, attempt=attempt)
+                    if not settled:
+                        log.warning("job.superseded", error=type(exc).__name__)
+                        return {"status": SUPERSEDED}
                     log.exception("job.failed", code="internal_error")
                 raise
             finally:
                 shutil.rmtree(work_dir, ignore_errors=True)
-                if terminal:
-                    self.store.delete_prefix(f"inputs/{job_id}/")
+                if settled:
+                    self.drop_inputs(job_id)
 
-    def _animate(self, job_id: str, raw_payload: dict[str, Any], work_dir: Path) -> dict[str, Any]:
+    def drop_inputs(self, job_id: str) -> None:
+        """Delete the job's stored inputs; an unreachable store leaves them to expire."""
+        try:
+            self.store.delete_prefix(f"inputs/{job_id}/")
+        except StorageError as exc:
+            log.warning("job.inputs_not_deleted", error=str(exc))
+
+    def _animate(
+        self, job_id: str, attempt: int, raw_payload: dict[str, Any], work_dir: Path
+    ) -> dict[str, Any]:
         try:
             payload = JobPayload.model_validate(raw_payload)
         except ValidationError as exc:
-            self.queue.fail(
-                job_id, "invalid_payload", f"the queued job is malformed: {exc.error_count()} errors"
-            )
+            message = f"the queued job is malformed: {exc.error_count()} errors"
+            if not self.queue.fail(job_id, "invalid_payload", message, attempt=attempt):
+                return {"status": SUPERSEDED}
             log.error("job.failed", code="invalid_payload")
             return {"status": "failed", "code": "invalid_payload"}
         source = fetch_input(payload.source, work_dir, "source", store=self.store, settings=self.settings)
@@ -142,10 +170,17 @@ class JobRunner:
         log.info("job.inputs_ready", source_bytes=source.stat().st_size, driving_bytes=driving.stat().st_size)
 
         def progress(frames_done: int, frames_total: int) -> None:
-            self.queue.progress(job_id, frames_done, frames_total)
+            try:
+                self.queue.progress(job_id, frames_done, frames_total, attempt=attempt)
+            except redis.exceptions.RedisError as exc:  # a Redis outage must not stop the render
+                log.warning("job.progress_not_recorded", error=str(exc))
 
         def should_cancel() -> bool:
-            return self.queue.cancel_requested(job_id)
+            try:
+                return self.queue.cancel_requested(job_id, attempt=attempt)
+            except redis.exceptions.RedisError as exc:
+                log.warning("job.cancel_check_failed", error=str(exc))
+                return False
 
         started = time.monotonic()
         result = self.engine.animator.animate(
@@ -157,11 +192,20 @@ class JobRunner:
             progress=progress,
             should_cancel=should_cancel,
         )
+        metrics.record_render(
+            self.queue.redis,
+            self.queue.metrics_key,
+            self.worker_name,
+            frames=int(result.frames),
+            seconds=time.monotonic() - started,
+            gpu_memory_bytes=metrics.cuda_peak_memory_bytes(),
+        )
         output = Path(result.output)
         with output.open("rb") as produced:
             content_type = sniff(produced.read(SNIFF_BYTES)) or "application/octet-stream"
-        key = f"results/{job_id}/output{extension(content_type) or output.suffix}"
-        self.store.put(key, output, content_type=content_type)
+        key = f"results/{job_id}/{attempt}/output{extension(content_type) or output.suffix}"
+        window = self.settings.storage_retry_window_s
+        put_with_retries(self.store, key, output, content_type=content_type, window_s=window)
         size = output.stat().st_size
         if not self.queue.succeed(
             job_id,
@@ -170,10 +214,14 @@ class JobRunner:
             frames=int(result.frames),
             fps=float(result.fps),
             size_bytes=size,
+            attempt=attempt,
         ):
-            log.warning("job.vanished_before_success")
-            self.store.delete(key)
-            return {"status": "missing"}
+            log.warning("job.superseded_before_success")
+            try:
+                self.store.delete(key)
+            except StorageError as exc:
+                log.warning("job.result_not_deleted", key=key, error=str(exc))
+            return {"status": SUPERSEDED}
         log.info(
             "job.succeeded",
             frames=int(result.frames),
@@ -223,8 +271,9 @@ def on_job_failure(
 ) -> None:
     """RQ failure callback: settle jobs the runner could not (abandoned by a dead worker, hard stops).
 
-    A job still marked running is put back to queued when RQ will retry it, else failed with
-    code worker_lost (abandoned), timeout, or internal_error.
+    A job still marked running is put back to queued when RQ will retry it (at-least-once: an
+    abandoned attempt is run again, up to `job_retries` times), else failed with code worker_lost
+    (abandoned), timeout, or internal_error.
     """
     runner = _active.get() or (_registered[-1] if _registered else None)
     if runner is None:
@@ -232,13 +281,20 @@ def on_job_failure(
     record = runner.queue.get(job.id)
     if record is None or record.status != "running":
         return
+    abandoned = isinstance(exc, AbandonedJobError) or exc_type is AbandonedJobError
     if job.retries_left:
-        runner.queue.requeue(job.id)
+        if runner.queue.requeue(job.id, attempt=record.attempts):
+            log.warning("job.requeued", job_id=job.id, attempt=record.attempts, abandoned=abandoned)
         return
-    if isinstance(exc, AbandonedJobError) or exc_type is AbandonedJobError:
-        runner.queue.fail(job.id, "worker_lost", "the worker running this job stopped responding")
+    if abandoned:
+        settled = runner.queue.fail(
+            job.id, "worker_lost", "the worker running this job stopped responding", attempt=record.attempts
+        )
     elif isinstance(exc, JobTimeoutException):
-        runner.queue.fail(job.id, "timeout", f"the job ran longer than {runner.settings.job_timeout_s} s")
+        message = f"the job ran longer than {runner.settings.job_timeout_s} s"
+        settled = runner.queue.fail(job.id, "timeout", message, attempt=record.attempts)
     else:
-        runner.queue.fail(job.id, "internal_error", "the job stopped unexpectedly")
-    runner.store.delete_prefix(f"inputs/{job.id}/")
+        message = "the job stopped unexpectedly"
+        settled = runner.queue.fail(job.id, "internal_error", message, attempt=record.attempts)
+    if settled:
+        runner.drop_inputs(job.id)

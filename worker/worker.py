@@ -2,9 +2,11 @@
 
 `main(settings)` is what `liveportrait worker` runs. `AnimationWorker` is RQ's `SimpleWorker`
 with the JSON serializer plus: a heartbeat thread while a job runs (so a long job is never taken
-for abandoned, and a dead worker's job is noticed within about a minute), a scheduler thread
-that enqueues delayed retries (RQ's own scheduler would fork), warm shutdown on SIGTERM (the
-current job finishes; a second signal stops at once), and `stop()` for embedding in a thread.
+for abandoned), a scheduler thread that enqueues delayed retries (RQ's own scheduler would fork)
+and, every `reaper_interval_s`, reaps abandoned jobs (no heartbeat for `job_abandoned_after_s`:
+re-queued while retries are left, else failed worker_lost) even while this worker is busy, warm
+shutdown on SIGTERM (the current job finishes; a second signal stops at once), `stop()` for
+embedding in a thread, and a work loop that waits out a Redis outage instead of exiting.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -20,12 +23,14 @@ import structlog
 from rq import SimpleWorker
 from rq.job import Job as RQJob
 from rq.queue import Queue
-from rq.scheduler import RQScheduler
+from rq.registry import StartedJobRegistry
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now, utcparse
 from rq.worker import WorkerStatus
 
-from service.queue import JobQueue, connect, queue_names
+from service.queue import JobQueue, abandoned_after_s, connect, queue_names
 from service.settings import Settings, get_settings
 from service.storage import make_store
 from worker import runner as runner_module
@@ -34,8 +39,18 @@ from worker.runner import Engine, JobRunner
 log = structlog.get_logger("worker")
 
 
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class AnimationWorker(SimpleWorker):
     """A non-forking RQ worker that runs animation jobs with one `JobRunner`."""
+
+    max_connection_wait_time = 5.0
+    """Longest pause between reconnection attempts while Redis is away (RQ's default is 60 s)."""
 
     def __init__(
         self,
@@ -62,6 +77,10 @@ class AnimationWorker(SimpleWorker):
         runner.worker_name = self.name
         self._idle_poll_s = idle_poll_s
         self._scheduler_interval = settings.scheduler_interval_s
+        self._abandoned_after_s = abandoned_after_s(settings)
+        self._reaper_interval_s = settings.reaper_interval_s
+        self._reaper_lock = f"{settings.queue_prefix}:reaper"
+        self._release_lock = connection.register_script(_RELEASE_LOCK)
         self._scheduler_stop = threading.Event()
         self._scheduler_thread: threading.Thread | None = None
 
@@ -70,8 +89,67 @@ class AnimationWorker(SimpleWorker):
         self._stop_requested = True
 
     def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
-        """How long the job's execution stays alive without a heartbeat: a few heartbeat periods."""
-        return self.job_monitoring_interval * 4 + 15
+        """How long the job's execution stays alive without a heartbeat (`job_abandoned_after_s`)."""
+        return self._abandoned_after_s
+
+    def reap_abandoned(self) -> None:
+        """Hand jobs whose execution expired to RQ, which re-queues them or fails them (`on_job_failure`).
+
+        One worker at a time reaps (a lock that expires after `reaper_interval_s`); failure
+        callbacks are timed by a timer, so this runs off the main thread too.
+        """
+        for queue in self.queues:
+            lock = f"{self._reaper_lock}:{queue.name}"
+            if not self.connection.set(lock, self.name, nx=True, ex=self._reaper_interval_s):
+                continue
+            registry = StartedJobRegistry(
+                queue.name,
+                connection=self.connection,
+                serializer=JSONSerializer,
+                death_penalty_class=TimerDeathPenalty,
+            )
+            registry.cleanup(exception_handlers=self._exc_handlers)
+
+    def clean_registries(self) -> None:
+        """RQ's registry maintenance, abandoned jobs first (so their callbacks run under a timer)."""
+        self.reap_abandoned()
+        super().clean_registries()
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's periodic maintenance; skipped while Redis is away (the next round catches up)."""
+        try:
+            super().run_maintenance_tasks()
+        except _REDIS_DOWN as exc:
+            log.warning("worker.maintenance_failed", error=str(exc))
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's suspension check, waiting out a Redis outage instead of leaving the work loop."""
+        while True:
+            try:
+                return super().check_for_suspension(burst)
+            except _REDIS_DOWN as exc:
+                self.wait_for_redis(exc)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's worker heartbeat; a missed one while Redis is away is only logged."""
+        try:
+            super().heartbeat(timeout, pipeline)
+        except _REDIS_DOWN as exc:
+            log.warning("worker.heartbeat_failed", error=str(exc))
+
+    def wait_for_redis(self, error: Exception) -> None:
+        """Block until Redis answers again (or a stop is requested), backing off up to 5 s."""
+        log.warning("worker.redis_unavailable", error=str(error))
+        delay = 0.25
+        while not self._stop_requested:
+            time.sleep(delay)
+            try:
+                self.connection.ping()
+            except _REDIS_DOWN:
+                delay = min(delay * 2, self.max_connection_wait_time)
+                continue
+            log.info("worker.redis_back")
+            return
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -128,11 +206,17 @@ class AnimationWorker(SimpleWorker):
         beat.start()
         try:
             self.perform_job(job, queue, execution)
+        except _REDIS_DOWN as exc:
+            # RQ could not record the outcome; the job stays started and is reaped once expired
+            self.wait_for_redis(exc)
         finally:
             done.set()
             beat.join(timeout=10)
             runner_module.deactivate(token)
-        self.set_state(WorkerStatus.IDLE)
+        try:
+            self.set_state(WorkerStatus.IDLE)
+        except _REDIS_DOWN as exc:
+            log.warning("worker.state_not_recorded", error=str(exc))
 
     def _beat(self, job: RQJob, execution: Any, done: threading.Event) -> None:
         while not done.wait(self.job_monitoring_interval):
@@ -141,6 +225,26 @@ class AnimationWorker(SimpleWorker):
             except redis.exceptions.RedisError as exc:
                 log.warning("worker.heartbeat_failed", error=str(exc))
 
+    def _free_dead_scheduler_locks(self) -> None:
+        """Release retry-scheduler locks whose holder stopped heartbeating for `job_abandoned_after_s`.
+
+        RQ keeps a dead scheduler's lock for a minute and only tries again every two, which would
+        hold up delayed retries, the retries of a crashed worker's jobs included, that long.
+        """
+        for name in self.queue_names():
+            key = RQScheduler.get_locking_key(name)
+            holder = self.connection.get(key)
+            if holder is None:
+                continue
+            beat = self.connection.hget(SCHEDULER_KEY_TEMPLATE % holder.decode(), "last_heartbeat")
+            if (
+                beat is not None
+                and (now() - utcparse(beat.decode())).total_seconds() < self._abandoned_after_s
+            ):
+                continue
+            if self._release_lock(keys=[key], args=[holder]):
+                log.warning("worker.scheduler_lock_freed", queue=name, holder=holder.decode())
+
     def _run_scheduler(self) -> None:
         scheduler = RQScheduler(
             self.queues,
@@ -148,15 +252,20 @@ class AnimationWorker(SimpleWorker):
             interval=self._scheduler_interval,
             serializer=JSONSerializer,
         )
+        next_reap = time.monotonic()
         try:
             scheduler.register_birth()
             while True:
                 try:
-                    if scheduler.should_reacquire_locks:
+                    if scheduler.acquired_locks != set(self.queue_names()):
+                        self._free_dead_scheduler_locks()
                         scheduler.acquire_locks()
                     if scheduler.acquired_locks:
                         scheduler.heartbeat()
                         scheduler.enqueue_scheduled_jobs()
+                    if time.monotonic() >= next_reap:
+                        next_reap = time.monotonic() + self._reaper_interval_s
+                        self.reap_abandoned()
                 except redis.exceptions.RedisError as exc:
                     log.warning("worker.scheduler_error", error=str(exc))
                 if self._scheduler_stop.wait(self._scheduler_interval):

@@ -3,6 +3,7 @@
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
@@ -10,7 +11,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from liveportrait import __version__
+from service.gateway.listing import JobIndex
 from service.gateway.middleware import BodySizeLimitMiddleware
+from service.gateway.ratelimit import RateLimiter
 from service.gateway.routes import health, jobs, uploads
 from service.gateway.signing import UploadSigner
 from service.gateway.state import Gateway
@@ -18,6 +21,7 @@ from service.metrics import RedisMetricsCollector
 from service.queue import JobQueue, connect
 from service.settings import Settings, get_settings
 from service.storage import StorageError, make_store
+from service.tracing import TraceContextMiddleware
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,7 +31,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     queue = JobQueue(client, settings)
     secret = settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisMetricsCollector(client, queue.metrics_key, queue.depths, queue.running))
+    registry.register(RedisMetricsCollector.for_queue(queue))
+    limit = settings.rate_limit_per_minute
     gateway = Gateway(
         settings=settings,
         redis=client,
@@ -35,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store=make_store(settings),
         signer=UploadSigner(secret or secrets.token_bytes(32)),
         registry=registry,
+        index=JobIndex(client, queue, settings),
+        limiter=RateLimiter(client, settings.queue_prefix, limit) if limit else None,
     )
 
     @asynccontextmanager
@@ -50,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gateway = gateway
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(TraceContextMiddleware)
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
@@ -63,6 +71,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(uploads.router)
     app.include_router(health.router)
+
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus the models only referenced from hand-written request bodies."""
+        if app.openapi_schema is None:
+            schema = fastapi_openapi()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, model_schema in jobs.extra_schemas().items():
+                components.setdefault(name, model_schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

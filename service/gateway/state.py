@@ -1,4 +1,4 @@
-"""What the routes share: settings, Redis, the job queue, the store, the upload signer, metrics."""
+"""What the routes share: settings, Redis, the job queue and index, the store, signer, limiter, metrics."""
 
 from dataclasses import dataclass
 
@@ -6,6 +6,8 @@ from fastapi import Request
 from prometheus_client import CollectorRegistry
 from redis import Redis
 
+from service.gateway.listing import JobIndex
+from service.gateway.ratelimit import RateLimiter
 from service.gateway.signing import UploadSigner
 from service.queue import JobQueue
 from service.settings import Settings
@@ -22,6 +24,8 @@ class Gateway:
     store: Store
     signer: UploadSigner
     registry: CollectorRegistry
+    index: JobIndex
+    limiter: RateLimiter | None
 
     def base_url(self, request: Request) -> str:
         """The public URL of the gateway, without a trailing slash."""

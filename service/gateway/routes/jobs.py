@@ -1,29 +1,39 @@
-"""/v1/jobs: submit (multipart files or JSON references), inspect, cancel, fetch the result."""
+"""/v1/jobs: submit (multipart files or JSON references), list, inspect, cancel, fetch the result.
+
+Inputs are checked by content before a job is queued (service.media): anything that is no image
+or video we read is refused with 415; a truncated or malformed file, one over the pixel, frame or
+duration limits, or a video without frames with 422 naming the input and the reason as `type`.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
+import structlog
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from liveportrait.options import AnimationOptions
+from service import tracing
 from service.contract import (
     ID_PATTERN,
     PRIORITIES,
     InputLocation,
     Job,
     JobError,
+    JobPage,
     JobPayload,
     JobRequest,
     JobResult,
@@ -32,13 +42,15 @@ from service.contract import (
     Progress,
 )
 from service.gateway.auth import ApiScope
+from service.gateway.listing import BadCursor, Cursor
 from service.gateway.state import Gateway, get_gateway
-from service.media import SNIFF_BYTES, extension, sniff
+from service.media import HEAD_BYTES, MediaLimits, MediaRejected, extension, inspect_media
 from service.queue import IdempotencyConflict, JobRecord
 from service.storage import ObjectNotFound, Store
 from service.urls import S3Location, UnsafeURL, check_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = structlog.get_logger("gateway")
 M = TypeVar("M", bound=BaseModel)
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
@@ -113,18 +125,33 @@ def _json_field(value: object, model: type[M], name: str) -> M:
         raise _invalid(exc.errors(include_url=False), name) from exc
 
 
-def _inspect_part(upload: UploadFile, name: str, max_bytes: int) -> _Part:
+def extra_schemas() -> dict[str, Any]:
+    """OpenAPI component schemas of the JSON job request, which the route reads by hand."""
+    schema = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {**schema.pop("$defs", {}), "JobRequest": schema}
+
+
+def _refused(exc: MediaRejected, *loc: str) -> HTTPException:
+    """The answer to an input refused by its content: 415 if it is no media we read, else 422."""
+    if exc.code == "unsupported_media" and len(loc) == 1:
+        return HTTPException(status_code=415, detail=f"'{loc[0]}' is {exc.message}")
+    return _invalid([{"msg": f"'{loc[0]}': {exc.message}", "type": exc.code}], *loc)
+
+
+def _inspect_part(upload: UploadFile, name: str, gateway: Gateway) -> _Part:
     """Check size and content of a spooled multipart file, and hash it."""
+    max_bytes = gateway.settings.max_input_bytes
     size = upload.size if upload.size is not None else 0
     if size > max_bytes:
         raise HTTPException(status_code=413, detail=f"'{name}' is larger than {max_bytes} bytes")
     if size == 0:
         raise _invalid([{"msg": f"'{name}' is empty", "type": "value_error"}], name)
     file = upload.file
-    file.seek(0)
-    content_type = sniff(file.read(SNIFF_BYTES))
-    if content_type is None:
-        raise HTTPException(status_code=415, detail=f"'{name}' is not an image or video format we read")
+    try:
+        info = inspect_media(file, size, MediaLimits.from_settings(gateway.settings))
+    except MediaRejected as exc:
+        raise _refused(exc, name) from exc
+    content_type = info.content_type
     file.seek(0)
     digest = hashlib.sha256()
     while chunk := file.read(_HASH_CHUNK):
@@ -160,7 +187,7 @@ def _resolve_reference(gateway: Gateway, name: str, url: str | None, upload_id: 
     key = f"uploads/{upload_id}"
     try:
         size = gateway.store.size(key)
-        head = gateway.store.read_head(key, SNIFF_BYTES)
+        head = gateway.store.read_head(key, HEAD_BYTES)
     except ObjectNotFound as exc:
         msg = f"upload {upload_id} not found (not uploaded yet, or expired)"
         raise _invalid([{"msg": msg, "type": "upload_missing"}], name, "upload_id") from exc
@@ -168,11 +195,12 @@ def _resolve_reference(gateway: Gateway, name: str, url: str | None, upload_id: 
         raise HTTPException(
             status_code=413, detail=f"upload {upload_id} is larger than {settings.max_input_bytes}"
         )
-    content_type = sniff(head)
-    if content_type is None:
-        msg = f"upload {upload_id} is not an image or video format we read"
-        raise _invalid([{"msg": msg, "type": "unsupported_media"}], name, "upload_id")
-    return InputLocation(key=key, content_type=content_type)
+    limits = MediaLimits.from_settings(settings)
+    try:
+        info = inspect_media(io.BytesIO(head), size, limits, available=len(head))
+    except MediaRejected as exc:
+        raise _refused(exc, name, "upload_id") from exc
+    return InputLocation(key=key, content_type=info.content_type)
 
 
 async def _parse_multipart(gateway: Gateway, form: Any) -> _Submission:
@@ -188,9 +216,8 @@ async def _parse_multipart(gateway: Gateway, form: Any) -> _Submission:
     if priority not in PRIORITIES:
         msg = f"priority must be one of {', '.join(PRIORITIES)}"
         raise _invalid([{"msg": msg, "type": "literal_error"}], "priority")
-    limit = gateway.settings.max_input_bytes
-    source = await run_in_threadpool(_inspect_part, _file_part(form, "source"), "source", limit)
-    driving = await run_in_threadpool(_inspect_part, _file_part(form, "driving"), "driving", limit)
+    source = await run_in_threadpool(_inspect_part, _file_part(form, "source"), "source", gateway)
+    driving = await run_in_threadpool(_inspect_part, _file_part(form, "driving"), "driving", gateway)
     document = {
         "kind": "multipart",
         "source": source.sha256,
@@ -253,6 +280,7 @@ def _create(
                 msg = "a request with this Idempotency-Key is still being processed; retry shortly"
                 raise HTTPException(status_code=409, detail=msg)
             return record, False
+    gateway.index.add(scope, job_id, time.time())
     try:
         payload = JobPayload(
             job_id=job_id,
@@ -260,13 +288,16 @@ def _create(
             driving=_store_input(gateway.store, job_id, submission.inputs["driving"]),
             options=submission.options,
             output=submission.output,
+            traceparent=tracing.current_traceparent(),
         )
         record = queue.submit(payload, submission.priority, owner=scope)
     except BaseException:
         if idempotency_key is not None:
             queue.release_idempotency(scope, idempotency_key, job_id)
+        gateway.index.remove(scope, job_id)
         gateway.store.delete_prefix(f"inputs/{job_id}/")
         raise
+    log.info("job.submitted", job_id=record.id, priority=submission.priority)
     return record, True
 
 
@@ -311,6 +342,7 @@ def job_view(record: JobRecord, base_url: str) -> Job:
         result=result,
         cancel_requested=record.cancel_requested,
         attempts=record.attempts,
+        trace_id=tracing.trace_id_of(record.payload.get("traceparent")),
     )
 
 
@@ -367,6 +399,38 @@ async def create_job(
 
 
 @router.get(
+    "",
+    operation_id="list_jobs",
+    response_model=JobPage,
+    summary="The caller's jobs, newest first",
+    responses={422: {"description": "Malformed cursor or limit."}},
+)
+def list_jobs(
+    request: Request,
+    gateway: GatewayDep,
+    scope: ApiScope,
+    limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=128, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> JobPage:
+    """One page of the jobs submitted with the caller's API key (never another key's)."""
+    position = None
+    if cursor is not None:
+        try:
+            position = Cursor.decode(cursor)
+        except BadCursor as exc:
+            detail = [{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]
+            raise HTTPException(status_code=422, detail=detail) from exc
+    records, following = gateway.index.page(scope, limit, position)
+    base_url = gateway.base_url(request)
+    return JobPage(
+        jobs=[job_view(record, base_url) for record in records],
+        next_cursor=following.encode() if following else None,
+    )
+
+
+@router.get(
     "/{job_id}",
     operation_id="get_job",
     response_model=Job,
@@ -407,6 +471,7 @@ def cancel_job(job_id: str, request: Request, gateway: GatewayDep, scope: ApiSco
     """A queued job is canceled at once (200); a running one is flagged and stops soon (202)."""
     _load(gateway, job_id, scope)
     outcome = gateway.queue.cancel(job_id)
+    log.info("job.cancel", job_id=job_id, outcome=outcome)
     if outcome in ("succeeded", "failed"):
         raise HTTPException(status_code=409, detail=f"job already {outcome}")
     if outcome == "canceled":

@@ -5,15 +5,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from service.contract import Upload, UploadRequest
+from service.contract import ID_PATTERN, Upload, UploadRequest
 from service.gateway.auth import ApiScope
 from service.gateway.state import Gateway, get_gateway
-from service.media import SNIFF_BYTES, sniff
+from service.media import MediaLimits, MediaRejected, inspect_media
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
@@ -70,9 +70,12 @@ def create_upload(
         404: {"description": "This gateway's store takes uploads directly."},
         413: {"description": "The file is over the signed size limit."},
         415: {"description": "The file is not an image or video."},
+        422: {"description": "The file is truncated, malformed or over the media limits."},
     },
 )
-async def send_upload(upload_id: str, request: Request, gateway: GatewayDep) -> Response:
+async def send_upload(
+    upload_id: Annotated[str, Path(pattern=ID_PATTERN)], request: Request, gateway: GatewayDep
+) -> Response:
     """Store the form's `file` under this upload id, if the form's signature grants it."""
     if gateway.settings.storage_backend != "local":
         raise HTTPException(status_code=404, detail="upload with the presigned form from POST /v1/uploads")
@@ -90,10 +93,14 @@ async def send_upload(upload_id: str, request: Request, gateway: GatewayDep) -> 
             raise HTTPException(status_code=422, detail="form field 'file' must be a file")
         if upload.size is None or upload.size > max_bytes:
             raise HTTPException(status_code=413, detail=f"uploads are at most {max_bytes} bytes")
-        head = await upload.read(SNIFF_BYTES)
-        content_type = sniff(head)
-        if content_type is None:
-            raise HTTPException(status_code=415, detail="the file is not an image or video format we read")
+        limits = MediaLimits.from_settings(gateway.settings)
+        try:
+            info = await run_in_threadpool(inspect_media, upload.file, upload.size, limits)
+        except MediaRejected as exc:
+            if exc.code == "unsupported_media":
+                raise HTTPException(status_code=415, detail=f"the file is {exc.message}") from exc
+            detail = [{"loc": ["body", "file"], "msg": exc.message, "type": exc.code}]
+            raise HTTPException(status_code=422, detail=detail) from exc
         await upload.seek(0)
-        await run_in_threadpool(gateway.store.put, f"uploads/{upload_id}", upload.file, content_type)
+        await run_in_threadpool(gateway.store.put, f"uploads/{upload_id}", upload.file, info.content_type)
     return Response(status_code=204)

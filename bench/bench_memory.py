@@ -1,0 +1,167 @@
+"""Peak RSS of a whole job against the driving video's length, and of W+G against the batch size.
+
+    .venv/bin/python -m bench.bench_memory                      # 100 vs 2000 frames, W+G at batch 1 2 4 8
+    .venv/bin/python -m bench.bench_memory --frames 100 500 --render-batches
+
+Every measurement runs in a fresh child process and reads the child's own peak resident set size
+(VmHWM in /proc/self/status) at its end.
+
+Part 1, the job: the real Animator (optimised fp32) runs decode -> crop -> M on every driving frame
+-> motion transfer -> render -> paste-back -> H.264 encode, but its render step (W+G, ~1.25 TFLOP a
+frame: hours for 2,000 frames on a CPU) is REPLACED by a cheap stand-in that returns a batch of the
+same shape, (B, 3, 512, 512) float32. Everything else is real. W+G's own memory depends on the batch
+size only, not on the number of frames; part 2 measures it.
+
+Part 2, W+G: one real render at batch B, eager and optimised, each in its own process.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+from ._common import console, print_machine, weights_dir
+
+STAND_IN = "the render step (W+G) is a stand-in of the same output shape; all else is the real job"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (VmHWM), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def stand_in_render(f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 512, 512) float32 in [0, 1], a flat grey that follows x_d: render's output shape."""
+    level = torch.sigmoid(x_d.float().mean(dim=(1, 2)))
+    return level.view(-1, 1, 1, 1).expand(-1, 3, 512, 512).contiguous()
+
+
+def child_job(weights: Path, source: Path, driving: Path, out: Path, frame_batch: int) -> dict:
+    from engines.pipeline import Animator
+    from liveportrait.options import AnimationOptions
+
+    animator = Animator(weights, "cpu", frame_batch=frame_batch, optimize=True)
+    animator.model.render = stand_in_render
+    loaded = peak_rss_mib()
+    result = animator.animate(source, driving, out, AnimationOptions())
+    return {"frames": result.frames, "loaded_mib": loaded, "peak_mib": peak_rss_mib()}
+
+
+def child_render(weights: Path, batch: int, optimised: bool) -> dict:
+    from engines.inference import optimize_for_inference
+    from engines.model import LivePortraitModel
+
+    model = LivePortraitModel.from_weights(weights)
+    if optimised:
+        model = optimize_for_inference(model, copy_model=False)
+    torch.manual_seed(0)
+    f_s = torch.randn(1, 32, 16, 64, 64)
+    x_s = torch.rand(1, 21, 3) * 0.6 - 0.3
+    x_d = x_s + 0.02 * torch.randn(batch, 21, 3)
+    loaded = peak_rss_mib()
+    with torch.inference_mode():
+        model.render(f_s, x_s, x_d)
+    return {"loaded_mib": loaded, "peak_mib": peak_rss_mib()}
+
+
+def run_child(*args: str) -> dict:
+    """Run this module with `args` in a fresh interpreter; its last stdout line is JSON."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bench_memory", *args], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames", type=int, nargs="*", default=[100, 2000], help="driving video lengths")
+    parser.add_argument("--frame-batch", type=int, default=8)
+    parser.add_argument("--render-batches", type=int, nargs="*", default=[1, 2, 4, 8])
+    parser.add_argument("--weights", help="weights directory (default: a synthetic bundle)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        kind, *rest = args.child
+        if kind == "job":
+            weights, source, driving, out = (Path(p) for p in rest[:4])
+            result = child_job(weights, source, driving, out, int(rest[4]))
+        else:
+            result = child_render(Path(rest[0]), int(rest[1]), rest[2] == "optimised")
+        print(json.dumps(result))
+        return 0
+
+    from engines.demo import head_motion_frames, portrait
+    from engines.media import write_image, write_test_video
+
+    print_machine(torch.device("cpu"))
+    weights = weights_dir(args.weights)
+    with tempfile.TemporaryDirectory(prefix="lp-bench-memory-") as tmp:
+        tmp_dir = Path(tmp)
+        source = tmp_dir / "source.png"
+        write_image(source, portrait())
+        jobs = Table(title=f"peak RSS of a whole job (child process, VmHWM): {STAND_IN}")
+        for column in ("driving frames", "after model load MiB", "peak MiB", "vs first"):
+            jobs.add_column(column, justify="right")
+        peaks = []
+        for n in args.frames:
+            driving = tmp_dir / f"driving{n}.mp4"
+            write_test_video(driving, head_motion_frames(portrait(), n, size=512), fps=25.0, with_audio=True)
+            console.print(f"  job with {n} driving frames ({STAND_IN}) ...")
+            r = run_child(
+                "--child",
+                "job",
+                str(weights),
+                str(source),
+                str(driving),
+                str(tmp_dir / "out.mp4"),
+                str(args.frame_batch),
+            )
+            assert r["frames"] == n
+            peaks.append(r["peak_mib"])
+            jobs.add_row(
+                str(n), f"{r['loaded_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['peak_mib'] / peaks[0]:.3f}"
+            )
+            driving.unlink()
+        console.print(jobs)
+        if len(peaks) > 1:
+            growth = max(peaks) / min(peaks) - 1
+            verdict = "flat within 10%" if growth <= 0.10 else "NOT flat within 10%"
+            console.print(f"peak RSS spread {100 * growth:.1f}% across {args.frames} frames: {verdict}")
+
+    if args.render_batches:
+        renders = Table(title="peak RSS of one real W+G render (child process per cell), MiB")
+        for column in (
+            "batch",
+            "eager: after load",
+            "eager: peak",
+            "optimised: after load",
+            "optimised: peak",
+        ):
+            renders.add_column(column, justify="right")
+        for b in args.render_batches:
+            cells = []
+            for kind in ("eager", "optimised"):
+                console.print(f"  W+G at batch {b}, {kind} ...")
+                r = run_child("--child", "render", str(weights), str(b), kind)
+                cells += [f"{r['loaded_mib']:.0f}", f"{r['peak_mib']:.0f}"]
+            renders.add_row(str(b), *cells)
+        console.print(renders)
+    print_machine(torch.device("cpu"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""Each caller's jobs, newest first: a sorted set per owner, ``{prefix}:owner:{owner}``.
+
+Members are job ids, scores their creation times. The gateway adds a job before it enqueues it
+(and removes it again if the enqueue fails); entries whose job hash has expired are dropped when
+a listing meets them, and entries older than any job can live are trimmed on every add.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from dataclasses import dataclass
+
+from redis import Redis
+
+from service.queue import JobQueue, JobRecord
+from service.settings import Settings
+
+_CURSOR = re.compile(r"^(\d{1,12}(?:\.\d{1,9})?):([0-9a-f]{32})$")
+
+
+class BadCursor(ValueError):
+    """A `cursor` that no listing handed out."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ends: the creation time and id of its last job."""
+
+    created_at: float
+    job_id: str
+
+    def encode(self) -> str:
+        """The opaque string form handed to clients."""
+        raw = f"{self.created_at:.6f}:{self.job_id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Parse a cursor made by `encode`; BadCursor otherwise."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            raise BadCursor("malformed cursor") from exc
+        match = _CURSOR.match(raw)
+        if match is None:
+            raise BadCursor("malformed cursor")
+        return cls(float(match.group(1)), match.group(2))
+
+
+def max_job_lifetime_s(settings: Settings) -> int:
+    """An upper bound on how long a job's hash lives: all attempts and waits, then its TTL."""
+    attempts = settings.job_retries + 1
+    waits = sum(settings.retry_backoff_s) + settings.job_timeout_s * attempts
+    return max(settings.result_ttl_s, settings.failure_ttl_s) + waits
+
+
+class JobIndex:
+    """Add jobs to their owner's index and page through it."""
+
+    def __init__(self, redis: Redis, queue: JobQueue, settings: Settings) -> None:
+        self.redis = redis
+        self.queue = queue
+        self._prefix = f"{settings.queue_prefix}:owner"
+        self._lifetime = max_job_lifetime_s(settings)
+
+    def _key(self, owner: str) -> str:
+        return f"{self._prefix}:{owner}"
+
+    def add(self, owner: str, job_id: str, created_at: float) -> None:
+        """Index a job (call before enqueueing it)."""
+        key = self._key(owner)
+        with self.redis.pipeline() as pipe:
+            pipe.zadd(key, {job_id: round(created_at, 6)})
+            pipe.zremrangebyscore(key, "-inf", f"({time.time() - self._lifetime}")
+            pipe.expire(key, self._lifetime)
+            pipe.execute()
+
+    def remove(self, owner: str, job_id: str) -> None:
+        """Unindex a job that was never enqueued."""
+        self.redis.zrem(self._key(owner), job_id)
+
+    def page(self, owner: str, limit: int, cursor: Cursor | None) -> tuple[list[JobRecord], Cursor | None]:
+        """Up to `limit` of the owner's jobs older than `cursor`, newest first, and the next cursor."""
+        key = self._key(owner)
+        records: list[JobRecord] = []
+        position = cursor
+        while len(records) < limit:
+            batch = self._ids_after(key, position, limit - len(records))
+            if not batch:
+                return records, None
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in batch:
+                    pipe.hgetall(self.queue.job_key(job_id))
+                hashes = pipe.execute()
+            gone = []
+            for (job_id, _), raw in zip(batch, hashes, strict=True):
+                if not raw:
+                    gone.append(job_id)
+                    continue
+                record = JobRecord.from_hash(job_id, raw)
+                if record.owner == owner:
+                    records.append(record)
+            if gone:
+                self.redis.zrem(key, *gone)
+            position = Cursor(batch[-1][1], batch[-1][0])
+        more = bool(self._ids_after(key, position, 1))
+        return records, position if more else None
+
+    def _ids_after(self, key: str, cursor: Cursor | None, count: int) -> list[tuple[str, float]]:
+        """The next `count` (id, score) pairs after `cursor` in newest-first order.
+
+        Jobs with the same score are ordered by id, descending, as ZREVRANGEBYSCORE returns them.
+        """
+        if cursor is None:
+            rows = self.redis.zrevrangebyscore(key, "+inf", "-inf", start=0, num=count, withscores=True)
+        else:
+            ties = int(self.redis.zcount(key, cursor.created_at, cursor.created_at))
+            rows = self.redis.zrevrangebyscore(
+                key, cursor.created_at, "-inf", start=0, num=count + ties, withscores=True
+            )
+        pairs = [(member.decode(), float(score)) for member, score in rows]
+        if cursor is not None:
+            pairs = [
+                (job_id, score)
+                for job_id, score in pairs
+                if score < cursor.created_at or (score == cursor.created_at and job_id < cursor.job_id)
+            ]
+        return pairs[:count]

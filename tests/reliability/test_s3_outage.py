@@ -1,0 +1,166 @@
+"""S3 goes away and comes back: a switchable TCP proxy (harness.TcpProxy) stands between the worker
+and moto's S3 server; the worker is an in-process thread running the engine double FakeAnimator
+(real PyAV-written MP4s). Each S3 request gets 2 botocore attempts here; on top of them the worker
+retries whole transfers for `storage_retry_window_s`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+
+from service.queue import JobQueue, connect
+from service.settings import Settings
+from service.storage import S3Store, StorageUnavailable, make_store, put_with_retries
+from tests.reliability.harness import TcpProxy, submit, wait_for_job, wait_until
+from tests.worker.doubles import FakeAnimator, FakeCanceled, running_worker
+from worker.runner import Engine
+
+pytestmark = pytest.mark.slow
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str) -> Iterator[TcpProxy]:
+    """A switchable proxy in front of moto."""
+    endpoint = urlsplit(moto_endpoint)
+    proxy = TcpProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def s3_via_proxy(
+    make_settings: Callable[..., Settings], s3_bucket: str, proxy: TcpProxy
+) -> Callable[..., Settings]:
+    """Settings whose S3 traffic goes through the proxy."""
+
+    def build(**overrides: object) -> Settings:
+        values = {"storage_backend": "s3", "s3_bucket": s3_bucket, "s3_endpoint_url": proxy.url}
+        return make_settings(**{**values, "s3_max_attempts": 2, **overrides})
+
+    return build
+
+
+def bucket_state(moto_endpoint: str, bucket: str, prefix: str) -> tuple[list[str], list[str]]:
+    """The keys under `prefix` and the multipart uploads in progress in the bucket (straight to moto)."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    keys = [obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    uploads = [upload["Key"] for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    return sorted(keys), uploads
+
+
+def wait_for_refusals(proxy: TcpProxy, count: int, what: str) -> None:
+    """Wait until the proxy turned away `count` more connections."""
+    start = proxy.refused
+    wait_until(lambda: proxy.refused >= start + count, 20, what)
+
+
+def engine(frame_delay: float) -> Engine:
+    """The engine double."""
+    return Engine(FakeAnimator(frame_delay=frame_delay), canceled=(FakeCanceled,))
+
+
+def test_s3_outages_within_the_retry_window_are_ridden_out(
+    s3_via_proxy: Callable[..., Settings],
+    proxy: TcpProxy,
+    moto_endpoint: str,
+    media: dict[str, Path],
+) -> None:
+    settings = s3_via_proxy(storage_retry_window_s=20)
+    queue = JobQueue(connect(settings), settings)
+    direct = make_store(settings.model_copy(update={"s3_endpoint_url": moto_endpoint}))
+    with running_worker(settings, engine(0.1)):
+        proxy.disable()
+        job_id = submit(queue, direct, media["face"], media["driving"])
+        wait_for_refusals(proxy, 3, "the worker to retry the input download")
+        proxy.enable()
+        wait_for_job(queue, job_id, lambda r: r.frames_done >= 4)
+        proxy.disable()
+        wait_for_refusals(proxy, 3, "the worker to retry the result upload")
+        during = queue.get(job_id)
+        time.sleep(1.0)
+        proxy.enable()
+        record = wait_for_job(queue, job_id)
+    assert during is not None and (during.status, during.result_key) == ("running", None)
+    assert (record.status, record.attempts, record.result_frames) == ("succeeded", 1, 16)
+    assert bucket_state(moto_endpoint, settings.s3_bucket, "results/") == ([record.result_key], [])
+
+
+def test_s3_outage_beyond_the_retry_window_fails_storage_unavailable(
+    s3_via_proxy: Callable[..., Settings],
+    proxy: TcpProxy,
+    moto_endpoint: str,
+    media: dict[str, Path],
+) -> None:
+    settings = s3_via_proxy(storage_retry_window_s=2)
+    queue = JobQueue(connect(settings), settings)
+    direct = make_store(settings.model_copy(update={"s3_endpoint_url": moto_endpoint}))
+    with running_worker(settings, engine(0.05)):
+        job_id = submit(queue, direct, media["face"], media["driving"])
+        wait_for_job(queue, job_id, lambda r: r.frames_done >= 4)
+        proxy.disable()
+        started = time.monotonic()
+        record = wait_for_job(queue, job_id)
+        gave_up = time.monotonic() - started
+        proxy.enable()
+    assert (record.status, record.error_code, record.result_key) == ("failed", "storage_unavailable", None)
+    assert record.error_message is not None and "unreachable for 2 s" in record.error_message
+    assert bucket_state(moto_endpoint, settings.s3_bucket, f"results/{job_id}/") == ([], [])
+    print(f"\nstorage_unavailable {gave_up:.2f} s after S3 went away (window 2 s)")
+
+
+def test_multipart_upload_cut_midway_is_retried_and_leaves_no_parts(
+    s3_via_proxy: Callable[..., Settings], proxy: TcpProxy, moto_endpoint: str, tmp_path: Path
+) -> None:
+    settings = s3_via_proxy(s3_multipart_threshold_bytes=5 * MIB, s3_multipart_chunk_bytes=5 * MIB)
+    store = S3Store(settings)
+    data = os.urandom(12 * MIB + 123)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+
+    def come_back() -> None:
+        wait_until(lambda: proxy.refused > 0, 30, "the cut")
+        time.sleep(1.0)
+        proxy.enable()
+
+    proxy.cut_after(7 * MIB)
+    helper = threading.Thread(target=come_back, daemon=True)
+    helper.start()
+    put_with_retries(store, "results/big/1/output.mp4", source, content_type="video/mp4", window_s=30)
+    helper.join(timeout=5)
+    back = store.get("results/big/1/output.mp4", tmp_path / "back.bin")
+    assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert bucket_state(moto_endpoint, settings.s3_bucket, "results/") == (["results/big/1/output.mp4"], [])
+
+
+def test_multipart_upload_that_never_gets_through_leaves_no_object(
+    s3_via_proxy: Callable[..., Settings], proxy: TcpProxy, moto_endpoint: str, tmp_path: Path
+) -> None:
+    settings = s3_via_proxy(s3_multipart_threshold_bytes=5 * MIB, s3_multipart_chunk_bytes=5 * MIB)
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(12 * MIB))
+    proxy.cut_after(7 * MIB)
+    key = "results/lost/1/output.mp4"
+    with pytest.raises(StorageUnavailable, match="unreachable for 1 s"):
+        put_with_retries(S3Store(settings), key, source, content_type=None, window_s=1)
+    proxy.enable()
+    keys, uploads = bucket_state(moto_endpoint, settings.s3_bucket, "results/")
+    assert keys == [], "no object is left under the key"
+    # S3 was away when the upload was given up, so nobody could abort it: the bucket's
+    # AbortIncompleteMultipartUpload lifecycle rule must (docs/reliability.md)
+    assert uploads == [key]

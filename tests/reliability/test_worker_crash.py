@@ -1,0 +1,138 @@
+"""A worker dies (SIGKILL) or stalls (SIGSTOP) in the middle of a job.
+
+Workers are real processes (tests/reliability/worker_entry.py) running the engine double
+`FakeAnimator` (real PyAV-written MP4s, in place of the GPU model); Redis is the test Redis and the
+store is S3 on moto. Timings come from FAST_RECOVERY (abandoned after 3 s, reaper every 1 s,
+retry backoff 1 s).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import boto3
+import pytest
+
+from service.queue import JobQueue, connect
+from service.settings import Settings
+from service.storage import make_store
+from tests.reliability.harness import WorkerProcess, submit, wait_for_job, wait_until, worker_processes
+
+pytestmark = pytest.mark.slow
+
+RENDER_DELAY_S = 0.25
+"""Per-frame delay of the first worker, so that it is surely mid-job when it is killed."""
+
+
+def s3_keys(settings: Settings, prefix: str) -> list[str]:
+    """The object keys under `prefix` in the settings' bucket."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    listing = client.list_objects_v2(Bucket=settings.s3_bucket, Prefix=prefix)
+    return sorted(obj["Key"] for obj in listing.get("Contents", []))
+
+
+def inputs_gone(settings: Settings, job_id: str) -> None:
+    """Wait until the job's inputs are deleted (just after the job is settled)."""
+    wait_until(lambda: s3_keys(settings, f"inputs/{job_id}/") == [], 5, "the inputs to be deleted")
+
+
+def recovery_bound(settings: Settings) -> float:
+    """Documented worst case from losing a worker to its job running again, plus process start slack."""
+    assert settings.job_abandoned_after_s is not None
+    backoff = settings.retry_backoff_s[0] if settings.retry_backoff_s else 0
+    return (
+        settings.job_abandoned_after_s
+        + settings.reaper_interval_s
+        + backoff
+        + settings.scheduler_interval_s
+        + 4.0
+    )
+
+
+def kill_mid_job(worker: WorkerProcess, queue: JobQueue, job_id: str) -> None:
+    """SIGKILL `worker` once it rendered a few frames of the job."""
+    wait_for_job(queue, job_id, lambda r: r.worker == worker.name and r.frames_done >= 2, timeout=30)
+    worker.kill()
+
+
+@pytest.fixture
+def s3_settings(fast_settings: Callable[..., Settings], s3_bucket: str) -> Callable[..., Settings]:
+    """Fast-recovery settings on a fresh moto bucket."""
+    return lambda **overrides: fast_settings(storage_backend="s3", s3_bucket=s3_bucket, **overrides)
+
+
+def test_killed_worker_job_is_requeued_and_finished_by_another_worker(
+    s3_settings: Callable[..., Settings], media: dict[str, Path], tmp_path: Path
+) -> None:
+    settings = s3_settings(job_retries=2)
+    queue, store = JobQueue(connect(settings), settings), make_store(settings)
+    with worker_processes(settings, tmp_path) as spawn:
+        first = spawn("worker-a", frame_delay=RENDER_DELAY_S)
+        job_id = submit(queue, store, media["face"], media["driving"])
+        wait_for_job(queue, job_id, lambda r: r.worker == first.name and r.frames_done >= 4)
+        first.kill()
+        killed_at = time.time()
+        second = spawn("worker-b")
+        rerun = wait_for_job(queue, job_id, lambda r: r.attempts == 2 and r.status == "running", timeout=30)
+        record = wait_for_job(queue, job_id)
+        done_at = time.time()
+    assert (record.status, record.attempts, record.worker) == ("succeeded", 2, second.name)
+    assert record.result_key == f"results/{job_id}/2/output.mp4"
+    assert s3_keys(settings, "results/") == [record.result_key], "exactly one result object"
+    inputs_gone(settings, job_id)
+    out = store.get(record.result_key, tmp_path / "out.mp4")
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 16 == record.result_frames
+    assert "job.requeued" in second.log()
+    recovered = (rerun.started_at or 0) - killed_at
+    assert 0 < recovered < recovery_bound(settings), recovered
+    print(f"\nSIGKILL -> attempt 2 running: {recovered:.2f} s; -> succeeded: {done_at - killed_at:.2f} s")
+
+
+def test_job_fails_worker_lost_once_retries_are_spent(
+    s3_settings: Callable[..., Settings], media: dict[str, Path], tmp_path: Path
+) -> None:
+    settings = s3_settings(job_retries=1)
+    queue, store = JobQueue(connect(settings), settings), make_store(settings)
+    with worker_processes(settings, tmp_path) as spawn:
+        job_id = submit(queue, store, media["face"], media["driving"])
+        for name in ("worker-a", "worker-b"):
+            kill_mid_job(spawn(name, frame_delay=RENDER_DELAY_S), queue, job_id)
+        spawn("worker-c")
+        record = wait_for_job(queue, job_id, timeout=30)
+    assert (record.status, record.error_code, record.attempts) == ("failed", "worker_lost", 2)
+    assert record.error_message == "the worker running this job stopped responding"
+    assert record.result_key is None and s3_keys(settings, "results/") == []
+    inputs_gone(settings, job_id)
+
+
+def test_stalled_worker_cannot_overwrite_the_attempt_that_replaced_it(
+    s3_settings: Callable[..., Settings], media: dict[str, Path], tmp_path: Path
+) -> None:
+    settings = s3_settings(job_retries=2)
+    queue, store = JobQueue(connect(settings), settings), make_store(settings)
+    with worker_processes(settings, tmp_path) as spawn:
+        stalled = spawn("worker-a", frame_delay=RENDER_DELAY_S)
+        job_id = submit(queue, store, media["face"], media["driving"])
+        wait_for_job(queue, job_id, lambda r: r.worker == stalled.name and r.frames_done >= 4)
+        stalled.signal(signal.SIGSTOP)
+        replacement = spawn("worker-b")
+        replaced = wait_for_job(queue, job_id, timeout=30)
+        stalled.signal(signal.SIGCONT)
+        wait_until(lambda: "job.superseded" in stalled.log(), 15, "the stalled attempt to notice")
+        time.sleep(0.5)
+        after = queue.get(job_id)
+        assert stalled.alive, "a superseded attempt is no reason to exit"
+    assert (replaced.status, replaced.attempts, replaced.worker) == ("succeeded", 2, replacement.name)
+    assert after == replaced, "the stalled attempt changed nothing"
+    assert s3_keys(settings, "results/") == [replaced.result_key]
