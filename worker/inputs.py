@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 import httpx
 
 from service.contract import InputLocation
-from service.media import SNIFF_BYTES, extension, sniff
+from service.media import SNIFF_BYTES, MediaLimits, MediaRejected, extension, inspect_media, sniff
 from service.settings import Settings
 from service.storage import ObjectNotFound, Store, make_s3_client, transfer_config, with_retries
 from service.urls import S3Location, UnsafeURL, check_url
@@ -121,8 +121,13 @@ def fetch_input(
             _from_http(settings, url, raw, name, limit)
     with raw.open("rb") as src:
         content_type = sniff(src.read(SNIFF_BYTES))
-    if content_type is None:
-        raise InputError("unsupported_media", f"the {name} input is not an image or video format we read")
+        if content_type is None:
+            raise InputError("unsupported_media", f"the {name} input is not an image or video format we read")
+        src.seek(0)
+        try:  # the gateway's header checks again: URL inputs reach the worker unchecked
+            inspect_media(src, raw.stat().st_size, MediaLimits.from_settings(settings))
+        except MediaRejected as exc:
+            raise InputError(exc.code, f"the {name} input was refused: {exc.message}") from exc
     path = raw.with_name(f"{name}{extension(content_type)}")
     raw.rename(path)
     return path
