@@ -14,9 +14,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
+import boto3
 import redis
 from pydantic import SecretStr
 
@@ -69,6 +71,24 @@ def submit(queue: JobQueue, store: Store, source: Path, driving: Path) -> str:
     payload = JobPayload(job_id=job_id, source=locations["source"], driving=locations["driving"])
     queue.submit(payload, "default", owner="open")
     return job_id
+
+
+@lru_cache
+def s3_client(endpoint: str) -> Any:
+    """A boto3 S3 client straight to `endpoint` with the test credentials (one per endpoint)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def s3_keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
+    """The object keys under `prefix` in `bucket`."""
+    listing = s3_client(endpoint).list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(obj["Key"] for obj in listing.get("Contents", []))
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -327,11 +347,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def close(self) -> None:
-        """Kill it if needed (its threads' stacks go to its log first) and close its log."""
-        if self.alive:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGUSR1)
-            time.sleep(1.0)
+        """Kill it if needed and close its log."""
         self.kill()
         if self._log is not None:
             self._log.close()

@@ -13,13 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
 
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from service.storage import S3Store, StorageUnavailable, make_store, put_with_retries
-from tests.reliability.harness import TcpProxy, submit, wait_for_job, wait_until
+from tests.reliability.harness import TcpProxy, s3_client, s3_keys, submit, wait_for_job, wait_until
 from tests.worker.doubles import FakeAnimator, FakeCanceled, running_worker
 from worker.runner import Engine
 
@@ -52,16 +51,8 @@ def s3_via_proxy(
 
 def bucket_state(moto_endpoint: str, bucket: str, prefix: str) -> tuple[list[str], list[str]]:
     """The keys under `prefix` and the multipart uploads in progress in the bucket (straight to moto)."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    keys = [obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
-    uploads = [upload["Key"] for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
-    return sorted(keys), uploads
+    uploads = s3_client(moto_endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return s3_keys(moto_endpoint, bucket, prefix), [upload["Key"] for upload in uploads]
 
 
 def wait_for_refusals(proxy: TcpProxy, count: int, what: str) -> None:

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import av
-import boto3
 import pytest
 
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from service.storage import make_store
+from tests.reliability import harness
 from tests.reliability.harness import WorkerProcess, submit, wait_for_job, wait_until, worker_processes
 
 pytestmark = pytest.mark.slow
@@ -30,20 +30,13 @@ RENDER_DELAY_S = 0.25
 
 def s3_keys(settings: Settings, prefix: str) -> list[str]:
     """The object keys under `prefix` in the settings' bucket."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    listing = client.list_objects_v2(Bucket=settings.s3_bucket, Prefix=prefix)
-    return sorted(obj["Key"] for obj in listing.get("Contents", []))
+    assert settings.s3_endpoint_url is not None
+    return harness.s3_keys(settings.s3_endpoint_url, settings.s3_bucket, prefix)
 
 
 def inputs_gone(settings: Settings, job_id: str) -> None:
-    """Wait until the job's inputs are deleted (just after the job is settled)."""
-    wait_until(lambda: s3_keys(settings, f"inputs/{job_id}/") == [], 5, "the inputs to be deleted")
+    """Wait until the job's inputs are deleted (just after the job is settled, so before its worker stops)."""
+    wait_until(lambda: s3_keys(settings, f"inputs/{job_id}/") == [], 20, "the inputs to be deleted")
 
 
 def recovery_bound(settings: Settings) -> float:
@@ -86,10 +79,10 @@ def test_killed_worker_job_is_requeued_and_finished_by_another_worker(
         rerun = wait_for_job(queue, job_id, lambda r: r.attempts == 2 and r.status == "running", timeout=30)
         record = wait_for_job(queue, job_id)
         done_at = time.time()
+        inputs_gone(settings, job_id)
     assert (record.status, record.attempts, record.worker) == ("succeeded", 2, second.name)
     assert record.result_key == f"results/{job_id}/2/output.mp4"
     assert s3_keys(settings, "results/") == [record.result_key], "exactly one result object"
-    inputs_gone(settings, job_id)
     out = store.get(record.result_key, tmp_path / "out.mp4")
     with av.open(str(out)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 16 == record.result_frames
@@ -110,10 +103,10 @@ def test_job_fails_worker_lost_once_retries_are_spent(
             kill_mid_job(spawn(name, frame_delay=RENDER_DELAY_S), queue, job_id)
         spawn("worker-c")
         record = wait_for_job(queue, job_id, timeout=30)
+        inputs_gone(settings, job_id)
     assert (record.status, record.error_code, record.attempts) == ("failed", "worker_lost", 2)
     assert record.error_message == "the worker running this job stopped responding"
     assert record.result_key is None and s3_keys(settings, "results/") == []
-    inputs_gone(settings, job_id)
 
 
 def test_stalled_worker_cannot_overwrite_the_attempt_that_replaced_it(

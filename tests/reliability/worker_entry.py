@@ -12,10 +12,8 @@ model. Two variables are read by this script alone, never by production code:
 
 from __future__ import annotations
 
-import faulthandler
 import importlib
 import os
-import signal
 from collections.abc import Callable
 
 from service.logs import configure_logging
@@ -43,7 +41,6 @@ def engine_factory(spec: str) -> Callable[[], Engine]:
 
 def main() -> None:
     """Run a worker until SIGTERM/SIGINT, like `worker.worker.main` but with the test engine."""
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
     settings = Settings()
     configure_logging(settings)
     engine = engine_factory(os.environ.get(ENGINE_VARIABLE, DEFAULT_ENGINE))()
