@@ -125,7 +125,7 @@ if s == 'running' then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
   return 'cancel_requested'
 end
-return s
+return 'ended:' .. s
 """
 
 CancelOutcome = Literal["canceled", "cancel_requested", "succeeded", "failed", "missing"]
@@ -349,6 +349,8 @@ class JobQueue:
         outcome = self._cancel(
             keys=[self.job_key(job_id)], args=[repr(now), self.settings.result_ttl_s]
         ).decode()
+        if outcome.startswith("ended:"):  # already finished (or canceled): nothing changes, nothing counted
+            return outcome.removeprefix("ended:")  # type: ignore[return-value]
         if outcome == "canceled":
             metrics.count_status(self.redis, self.metrics_key, "canceled")
             with contextlib.suppress(NoSuchJobError, InvalidJobOperation):

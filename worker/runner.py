@@ -192,14 +192,17 @@ class JobRunner:
             progress=progress,
             should_cancel=should_cancel,
         )
-        metrics.record_render(
-            self.queue.redis,
-            self.queue.metrics_key,
-            self.worker_name,
-            frames=int(result.frames),
-            seconds=time.monotonic() - started,
-            gpu_memory_bytes=metrics.cuda_peak_memory_bytes(),
-        )
+        try:  # a Redis blip here must not turn a finished render into a retry
+            metrics.record_render(
+                self.queue.redis,
+                self.queue.metrics_key,
+                self.worker_name,
+                frames=int(result.frames),
+                seconds=time.monotonic() - started,
+                gpu_memory_bytes=metrics.cuda_peak_memory_bytes(),
+            )
+        except redis.RedisError as exc:
+            log.warning("metrics.record_failed", error=str(exc))
         output = Path(result.output)
         with output.open("rb") as produced:
             content_type = sniff(produced.read(SNIFF_BYTES)) or "application/octet-stream"

@@ -130,3 +130,9 @@ def test_metrics_from_redis(queue: JobQueue) -> None:
     ):
         assert line in text, line
     assert done.job_id not in text
+
+
+def test_cancelling_twice_counts_one_cancellation(queue: JobQueue) -> None:
+    record = queue.submit(payload(), "default", owner="k")
+    assert [queue.cancel(record.id) for _ in range(3)] == ["canceled"] * 3
+    assert int(queue.redis.hget(queue.metrics_key, "jobs:canceled")) == 1
