@@ -12,11 +12,18 @@ frame: hours for 2,000 frames on a CPU) is REPLACED by a cheap stand-in that ret
 same shape, (B, 3, 512, 512) float32. Everything else is real. W+G's own memory depends on the batch
 size only, not on the number of frames; part 2 measures it.
 
+The job runs once with glibc's malloc and once with jemalloc (LD_PRELOAD, where the machine has
+it): with glibc, pass 1 (M over every driving frame, decoding in FFmpeg's threads) leaves freed
+heap that glibc keeps (malloc_trim hands it back: it is not live memory), and how much depends on
+the run; jemalloc returns it.
+
 Part 2, W+G: one real render at batch B, eager and optimised, each in its own process.
 """
 
 import argparse
+import ctypes.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,12 +37,21 @@ from ._common import console, print_machine, weights_dir
 STAND_IN = "the render step (W+G) is a stand-in of the same output shape; all else is the real job"
 
 
+def _status_mib(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size (VmHWM), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return _status_mib("VmHWM")
+
+
+def rss_mib() -> float:
+    """This process's resident set size now (VmRSS), MiB."""
+    return _status_mib("VmRSS")
 
 
 def stand_in_render(f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
@@ -52,7 +68,7 @@ def child_job(weights: Path, source: Path, driving: Path, out: Path, frame_batch
     animator.model.render = stand_in_render
     loaded = peak_rss_mib()
     result = animator.animate(source, driving, out, AnimationOptions())
-    return {"frames": result.frames, "loaded_mib": loaded, "peak_mib": peak_rss_mib()}
+    return {"frames": result.frames, "loaded_mib": loaded, "peak_mib": peak_rss_mib(), "end_mib": rss_mib()}
 
 
 def child_render(weights: Path, batch: int, optimised: bool) -> dict:
@@ -72,14 +88,79 @@ def child_render(weights: Path, batch: int, optimised: bool) -> dict:
     return {"loaded_mib": loaded, "peak_mib": peak_rss_mib()}
 
 
-def run_child(*args: str) -> dict:
-    """Run this module with `args` in a fresh interpreter; its last stdout line is JSON."""
+def jemalloc() -> str | None:
+    """The jemalloc shared library's name, if this machine has one (for LD_PRELOAD)."""
+    return ctypes.util.find_library("jemalloc")
+
+
+def run_child(*args: str, preload: str | None = None) -> dict:
+    """Run this module with `args` in a fresh interpreter (with `preload` in LD_PRELOAD); its last
+    stdout line is JSON."""
+    env = dict(os.environ, **({"LD_PRELOAD": preload} if preload else {}))
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_memory", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "bench.bench_memory", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"child {args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def job_table(weights: Path, frames: list[int], frame_batch: int, allocators: dict[str, str | None]) -> None:
+    """Part 1: a whole job per (allocator, driving length), each in a child process."""
+    from engines.demo import head_motion_frames, portrait
+    from engines.media import write_image, write_test_video
+
+    table = Table(title=f"peak RSS of a whole job (child process, VmHWM), MiB: {STAND_IN}")
+    for column in ("allocator", "driving frames", "after model load", "peak", "RSS at end", "vs first"):
+        table.add_column(column, justify="right")
+    verdicts = []
+    with tempfile.TemporaryDirectory(prefix="lp-bench-memory-") as tmp:
+        tmp_dir = Path(tmp)
+        source = tmp_dir / "source.png"
+        write_image(source, portrait())
+        drivings = {}
+        for n in frames:
+            drivings[n] = tmp_dir / f"driving{n}.mp4"
+            write_test_video(
+                drivings[n], head_motion_frames(portrait(), n, size=512), fps=25.0, with_audio=True
+            )
+        for allocator, preload in allocators.items():
+            peaks = []
+            for n in frames:
+                console.print(f"  {allocator}: job with {n} driving frames ({STAND_IN}) ...")
+                args = ("job", str(weights), str(source), str(drivings[n]), str(tmp_dir / "out.mp4"))
+                r = run_child("--child", *args, str(frame_batch), preload=preload)
+                assert r["frames"] == n
+                peaks.append(r["peak_mib"])
+                cells = (r["loaded_mib"], r["peak_mib"], r["end_mib"])
+                table.add_row(allocator, str(n), *(f"{c:.0f}" for c in cells), f"{peaks[-1] / peaks[0]:.3f}")
+            growth = max(peaks) / min(peaks) - 1
+            flat = "flat within 10%" if growth <= 0.10 else "NOT flat within 10%"
+            verdicts.append(
+                f"{allocator}: peak RSS spread {100 * growth:.1f}% across {frames} frames: {flat}"
+            )
+    console.print(table)
+    for verdict in verdicts:
+        console.print(verdict)
+
+
+def render_table(weights: Path, batches: list[int]) -> None:
+    """Part 2: one real W+G render per (batch, model), each in a child process."""
+    table = Table(title="peak RSS of one real W+G render (child process per cell), MiB")
+    for column in ("batch", "eager: loaded", "eager: peak", "optimised: loaded", "optimised: peak"):
+        table.add_column(column, justify="right")
+    for b in batches:
+        cells = []
+        for kind in ("eager", "optimised"):
+            console.print(f"  W+G at batch {b}, {kind} ...")
+            r = run_child("--child", "render", str(weights), str(b), kind)
+            cells += [f"{r['loaded_mib']:.0f}", f"{r['peak_mib']:.0f}"]
+        table.add_row(str(b), *cells)
+    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, nargs="*", default=[100, 2000], help="driving video lengths")
     parser.add_argument("--frame-batch", type=int, default=8)
     parser.add_argument("--render-batches", type=int, nargs="*", default=[1, 2, 4, 8])
+    parser.add_argument(
+        "--allocator", choices=["glibc", "jemalloc", "both"], default="both", help="malloc of the job runs"
+    )
     parser.add_argument("--weights", help="weights directory (default: a synthetic bundle)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -103,62 +187,20 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    from engines.demo import head_motion_frames, portrait
-    from engines.media import write_image, write_test_video
-
     print_machine(torch.device("cpu"))
     weights = weights_dir(args.weights)
-    with tempfile.TemporaryDirectory(prefix="lp-bench-memory-") as tmp:
-        tmp_dir = Path(tmp)
-        source = tmp_dir / "source.png"
-        write_image(source, portrait())
-        jobs = Table(title=f"peak RSS of a whole job (child process, VmHWM): {STAND_IN}")
-        for column in ("driving frames", "after model load MiB", "peak MiB", "vs first"):
-            jobs.add_column(column, justify="right")
-        peaks = []
-        for n in args.frames:
-            driving = tmp_dir / f"driving{n}.mp4"
-            write_test_video(driving, head_motion_frames(portrait(), n, size=512), fps=25.0, with_audio=True)
-            console.print(f"  job with {n} driving frames ({STAND_IN}) ...")
-            r = run_child(
-                "--child",
-                "job",
-                str(weights),
-                str(source),
-                str(driving),
-                str(tmp_dir / "out.mp4"),
-                str(args.frame_batch),
-            )
-            assert r["frames"] == n
-            peaks.append(r["peak_mib"])
-            jobs.add_row(
-                str(n), f"{r['loaded_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['peak_mib'] / peaks[0]:.3f}"
-            )
-            driving.unlink()
-        console.print(jobs)
-        if len(peaks) > 1:
-            growth = max(peaks) / min(peaks) - 1
-            verdict = "flat within 10%" if growth <= 0.10 else "NOT flat within 10%"
-            console.print(f"peak RSS spread {100 * growth:.1f}% across {args.frames} frames: {verdict}")
-
+    allocators: dict[str, str | None] = {}
+    if args.allocator in ("glibc", "both"):
+        allocators["glibc"] = None
+    if args.allocator in ("jemalloc", "both"):
+        if jemalloc() is None:
+            console.print("no jemalloc on this machine: its runs are skipped")
+        else:
+            allocators["jemalloc"] = jemalloc()
+    if args.frames and allocators:
+        job_table(weights, args.frames, args.frame_batch, allocators)
     if args.render_batches:
-        renders = Table(title="peak RSS of one real W+G render (child process per cell), MiB")
-        for column in (
-            "batch",
-            "eager: after load",
-            "eager: peak",
-            "optimised: after load",
-            "optimised: peak",
-        ):
-            renders.add_column(column, justify="right")
-        for b in args.render_batches:
-            cells = []
-            for kind in ("eager", "optimised"):
-                console.print(f"  W+G at batch {b}, {kind} ...")
-                r = run_child("--child", "render", str(weights), str(b), kind)
-                cells += [f"{r['loaded_mib']:.0f}", f"{r['peak_mib']:.0f}"]
-            renders.add_row(str(b), *cells)
-        console.print(renders)
+        render_table(weights, args.render_batches)
     print_machine(torch.device("cpu"))
     return 0
 

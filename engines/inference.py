@@ -1,4 +1,4 @@
-"""Fast inference for LivePortraitModel: exact rewrites of F, M, W and G, and a precision policy.
+"""Fast inference for LivePortraitModel: exact rewrites of F, W and G, and a precision policy.
 
 `optimize_for_inference(model, device, precision)` returns an `InferenceModel`: the same interface as
 `LivePortraitModel` (extract_appearance, extract_motion, warp, decode, render, the S MLPs), with F, W
@@ -15,13 +15,12 @@ golden tolerance (1e-4 relative L2) holds; only the rounding changes:
 - nearest-neighbour upsampling by s followed by a 3x3 convolution (W's decoder, G's SPADE maps of the
   upsampled feature) computed as s*s phase convolutions with 2x2 kernels on the small input: 4/9 of
   the multiply-adds, and no upsampled copy.
-- SPADE: the three `mlp_shared` convolutions of a residual block merged into one, gamma and beta
-  merged into one convolution with the `1 +` in its bias, the learned shortcut's 1x1 convolution
-  composed with beta's 3x3 (conv_s(beta) is linear in the shared map), and one instance norm of the
-  block input shared by its two SPADEs.
+- SPADE: gamma and beta merged into one convolution with the `1 +` in its bias, the learned
+  shortcut's 1x1 convolution composed with beta's 3x3 (conv_s(beta) is linear in the shared map),
+  and one instance norm of the block input shared by its two SPADEs.
 - W's occlusion convolution (2272 -> 1 channel, 7x7) as a 1x1 convolution to 49 tap maps and their
   shifted sum; BatchNorm (eval statistics) folded into the convolution before it; spectral norms
-  precomputed; F and M channels-last (NHWC / NDHWC), oneDNN's native layout.
+  precomputed; F channels-last (NHWC / NDHWC), oneDNN's native layout.
 
 Precision "bf16" and "fp16" run F, W and G under autocast with their convolution weights stored in
 that dtype, G channels-last; M, the S MLPs, the keypoint math, the Gaussian heatmaps, the grid
@@ -33,7 +32,7 @@ import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -400,49 +399,57 @@ def _modulation(spade: SPADE, project: nn.Conv2d | None = None) -> nn.Conv2d:
     return _conv_like(torch.cat([wg, wb]), torch.cat([bg + 1.0, bb]), 1)
 
 
+class FastSPADE(nn.Module):
+    """One SPADE's maps: feature (B, 256, 64, 64) -> [1 + gamma, beta] (B, 2C, R, R) at scale R/64.
+
+    mlp_shared is phase-decomposed when R > 64 (its input is the nearest-upsampled feature); gamma
+    and beta are one convolution (see `_modulation`).
+    """
+
+    def __init__(self, spade: SPADE, scale: int, project: nn.Conv2d | None = None) -> None:
+        super().__init__()
+        shared = spade.mlp_shared[0]
+        self.shared = shared if scale == 1 else NearestUpConv(shared, scale)
+        self.modulation = _modulation(spade, project)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.modulation(F.relu(self.shared(feature), inplace=True))
+
+
 class FastSPADEBlock(nn.Module):
     """SPADEResnetBlock rebuilt: x (B, fin, R, R), feature (B, 256, 64, 64) -> (B, fout, R, R).
 
-    The block's SPADE maps come from one merged `mlp_shared` convolution (phase-decomposed when the
-    block runs above 64x64); the learned shortcut is conv_s(xn * (1 + gamma_s)) + (conv_s o beta_s).
+    The learned shortcut is conv_s(xn * (1 + gamma_s)) + (conv_s o beta_s); each SPADE's maps are
+    computed just before use, so that one block's maps are never all alive at once.
     """
 
     def __init__(self, block: SPADEResnetBlock, scale: int) -> None:
         super().__init__()
-        spades = [block.norm_0, block.norm_1] + ([block.norm_s] if block.learned_shortcut else [])
-        shared = [s.mlp_shared[0] for s in spades]
-        merged = _conv_like(
-            torch.cat([c.weight.double() for c in shared]), torch.cat([c.bias.double() for c in shared]), 1
-        )
-        self.shared = merged if scale == 1 else NearestUpConv(merged, scale)
-        self.hidden = shared[0].weight.shape[0]
-        self.fin = block.norm_0.mlp_gamma.weight.shape[0]
-        self.mod_0 = _modulation(block.norm_0)
-        self.mod_1 = _modulation(block.norm_1)
+        self.norm_0 = FastSPADE(block.norm_0, scale)
+        self.norm_1 = FastSPADE(block.norm_1, scale)
         self.conv_0 = _plain(block.conv_0)
         self.conv_1 = _plain(block.conv_1)
         self.learned_shortcut = block.learned_shortcut
         if self.learned_shortcut:
             self.conv_s = _plain(block.conv_s)
-            self.mod_s = _modulation(block.norm_s, self.conv_s)
+            self.norm_s = FastSPADE(block.norm_s, scale, self.conv_s)
 
     @staticmethod
-    def _spade(mod: nn.Conv2d, normalized: torch.Tensor, actv: torch.Tensor) -> torch.Tensor:
-        """normalized * (1 + gamma) + beta, both from one convolution of the shared map."""
-        gamma, beta = mod(actv).chunk(2, dim=1)
+    def _modulate(maps: torch.Tensor, normalized: torch.Tensor) -> torch.Tensor:
+        """normalized * (1 + gamma) + beta, written into beta's storage."""
+        gamma, beta = maps.chunk(2, dim=1)
         return beta.addcmul_(normalized, gamma)
 
     def forward(self, x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-        actv = F.relu(self.shared(feature), inplace=True).split(self.hidden, dim=1)
         xn = F.instance_norm(x, eps=1e-5)
         if self.learned_shortcut:
-            gamma, beta = self.mod_s(actv[2]).split([self.fin, self.conv_s.out_channels], dim=1)
+            gamma, beta = self.norm_s(feature).split([xn.shape[1], self.conv_s.out_channels], dim=1)
             shortcut = self.conv_s(xn * gamma) + beta
         else:
             shortcut = x
-        dx = self.conv_0(F.leaky_relu(self._spade(self.mod_0, xn, actv[0]), 0.2, inplace=True))
+        dx = self.conv_0(F.leaky_relu(self._modulate(self.norm_0(feature), xn), 0.2, inplace=True))
         dx = F.instance_norm(dx, eps=1e-5)
-        dx = self.conv_1(F.leaky_relu(self._spade(self.mod_1, dx, actv[1]), 0.2, inplace=True))
+        dx = self.conv_1(F.leaky_relu(self._modulate(self.norm_1(feature), dx), 0.2, inplace=True))
         return shortcut + dx
 
 
@@ -511,7 +518,7 @@ class InferenceModel(LivePortraitModel):
         cls, weights_dir: Path, device: str | torch.device = "cpu", precision: Precision = "fp32"
     ) -> "InferenceModel":
         """Load an official-layout bundle and optimise it."""
-        return cls(LivePortraitModel.from_weights(weights_dir, device), precision)
+        return cls(LivePortraitModel.from_weights(weights_dir), precision, device=device)
 
     def __init__(
         self,
@@ -519,16 +526,18 @@ class InferenceModel(LivePortraitModel):
         precision: Precision = "fp32",
         cuda_graphs: bool = False,
         winograd: bool = True,
+        device: str | torch.device | None = None,
     ) -> None:
         nn.Module.__init__(self)  # the networks come from `base`, not freshly initialised
         if precision not in DTYPES:
             raise ValueError(f"precision must be one of {sorted(DTYPES)}, not {precision!r}")
-        device = base.device
+        device = torch.device(device) if device is not None else base.device
         if precision == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
             raise ValueError("bf16 on CPU needs oneDNN")
         self.precision = precision
+        base.cpu()  # the rewrites are computed on the CPU (float64), then moved to `device`
         self.appearance_feature_extractor = FastAppearance(base.appearance_feature_extractor)
-        self.motion_extractor = channels_last(base.motion_extractor)
+        self.motion_extractor = base.motion_extractor
         self.warping_module = FastWarping(base.warping_module)
         self.spade_generator = FastSPADEDecoder(base.spade_generator)
         self.stitching, self.lip, self.eye = base.stitching, base.lip, base.eye
@@ -555,11 +564,6 @@ class InferenceModel(LivePortraitModel):
         """F: (B, 3, 256, 256) -> f_s (B, 32, 16, 64, 64), float32."""
         with self._autocast():
             return self.appearance_feature_extractor(source).float()
-
-    @torch.no_grad()
-    def extract_motion_raw(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """M (float32, channels-last): (B, 3, 256, 256) -> its raw heads (kp, exp, pose logits, t, scale)."""
-        return self.motion_extractor(images.contiguous(memory_format=torch.channels_last))
 
     @torch.inference_mode()
     def warp(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -612,6 +616,4 @@ def optimize_for_inference(
     save the memory of a copy; `model` must not be used afterwards).
     """
     base = copy.deepcopy(model) if copy_model else model
-    if device is not None:
-        base = cast(LivePortraitModel, base.to(device))
-    return InferenceModel(base, precision, cuda_graphs)
+    return InferenceModel(base, precision, cuda_graphs, device=device if device is not None else model.device)
