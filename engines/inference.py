@@ -225,10 +225,14 @@ class WinogradConv2d(nn.Module):
         if x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32:
             return F.conv2d(x, self.weight, self.bias, padding=self.padding)
         w, b, p = self.weight, self.bias, self.padding
-        images = [
-            torch._nnpack_spatial_convolution(x[i : i + 1].contiguous(), w, b, p) for i in range(len(x))
-        ]
-        return images[0] if len(images) == 1 else torch.cat(images)
+        first = torch._nnpack_spatial_convolution(x[:1].contiguous(), w, b, p)
+        if len(x) == 1:
+            return first
+        out = first.new_empty(len(x), *first.shape[1:])  # filled image by image: no second copy
+        out[:1] = first
+        for i in range(1, len(x)):
+            out[i : i + 1] = torch._nnpack_spatial_convolution(x[i : i + 1].contiguous(), w, b, p)
+        return out
 
 
 def use_winograd(module: nn.Module) -> nn.Module:
