@@ -16,6 +16,8 @@ Conventions (numerically checked against the official release):
 * Crops are sampled with exact bilinear interpolation and a zero border, rounded to the nearest
   integer for uint8 images. (OpenCV's ``warpAffine`` quantises sample positions to 1/32 pixel and
   can differ from that by a few grey levels on sharp edges.)
+* `crop_frames` and `to_network_input_frames` are the batched torch versions of `crop_image` and
+  `to_network_input`: they run on the device of their input frames and give the same pixels.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+import torch
 
 SOURCE_SCALE = 2.3
 SOURCE_VY_RATIO = -0.125
@@ -155,6 +158,24 @@ def as_3x3(M: np.ndarray) -> np.ndarray:
     raise ValueError(f"affine transform must be (2,3) or (3,3), got {M.shape}")
 
 
+def as_3x3_batch(M: np.ndarray | torch.Tensor, batch: int) -> np.ndarray:
+    """Affine transforms for a batch as (batch,3,3) float64 on the host.
+
+    M is (2,3)/(3,3), shared by the batch, or (batch,2,3)/(batch,3,3), one per frame; a tensor is
+    copied to the host.
+    """
+    if isinstance(M, torch.Tensor):
+        M = M.detach().to("cpu", torch.float64).numpy()
+    M = np.asarray(M, dtype=np.float64)
+    if M.ndim == 2:
+        return np.broadcast_to(as_3x3(M), (batch, 3, 3))
+    if M.ndim == 3 and M.shape[0] == batch and M.shape[1:] in ((2, 3), (3, 3)):
+        if M.shape[1] == 2:
+            M = np.concatenate([M, np.broadcast_to([[0.0, 0.0, 1.0]], (batch, 1, 3))], axis=1)
+        return M
+    raise ValueError(f"affine transforms must be (2,3), (3,3), ({batch},2,3) or ({batch},3,3), got {M.shape}")
+
+
 def transform_points(pts: np.ndarray, M: np.ndarray) -> np.ndarray:
     """Apply the affine ``M`` ((2,3) or (3,3)) to points (...,2); returns float64 (...,2)."""
     A = as_3x3(M)
@@ -209,6 +230,101 @@ def crop_image(img: np.ndarray, M_o2c: np.ndarray, dsize: int = CROP_SIZE) -> np
 def to_network_input(img512: np.ndarray, size: int = NETWORK_SIZE) -> np.ndarray:
     """Resize a (512,512,3) crop to the (size,size,3) network input with area interpolation."""
     return cv2.resize(img512, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _check_frames(frames: torch.Tensor, name: str) -> None:
+    """Raise ValueError unless ``frames`` is a (B,H,W,C) uint8 tensor."""
+    if frames.ndim != 4 or frames.dtype != torch.uint8:
+        raise ValueError(f"{name} must be (B,H,W,C) uint8, got {tuple(frames.shape)} {frames.dtype}")
+
+
+def full_255(device: torch.device) -> torch.Tensor:
+    """A 0-d float32 255 on ``device``: the divisor of an exact x / 255 on every device.
+
+    CUDA turns a division by a Python number into a multiplication by its float32 reciprocal, which
+    can be one ulp off the CPU's (and numpy's) correctly rounded quotient.
+    """
+    return torch.full((), 255.0, dtype=torch.float32, device=device)
+
+
+def bilinear_taps(
+    frames: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 2x2 neighbourhoods of (B,H,W,C) ``frames`` at integer maps x0, y0 (B,h,w).
+
+    Returns the (B,h,w,C) pixels at (x0, y0), (x0+1, y0), (x0, y0+1) and (x0+1, y0+1), with the dtype
+    of ``frames``; a pixel outside the frame is 0 (a zero border).
+    """
+    b, height, width, channels = frames.shape
+    flat = frames.reshape(b * height * width, channels)
+    base = torch.arange(b, device=frames.device).view(b, 1, 1) * (height * width)
+    cols = [((x >= 0) & (x < width), x.clamp(0, width - 1)) for x in (x0, x0 + 1)]
+    rows = [((y >= 0) & (y < height), base + y.clamp(0, height - 1) * width) for y in (y0, y0 + 1)]
+
+    def tap(row: torch.Tensor, col: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        pixels = flat.index_select(0, (row + col).view(-1)).view(*inside.shape, channels)
+        return torch.where(inside[..., None], pixels, 0)
+
+    t00, t10, t01, t11 = (
+        tap(row, col, row_inside & col_inside) for row_inside, row in rows for col_inside, col in cols
+    )
+    return t00, t10, t01, t11
+
+
+def crop_frames(
+    frames: torch.Tensor, M_o2c: np.ndarray | torch.Tensor, dsize: int = CROP_SIZE
+) -> torch.Tensor:
+    """Batched torch `crop_image`: (B,H,W,3) uint8 frames -> (B,dsize,dsize,3) uint8 on their device.
+
+    M_o2c: original->crop transform, (2,3)/(3,3) shared by the batch or (B,2,3)/(B,3,3) per frame.
+    Exact bilinear sampling with a zero border, rounded to nearest, with the arithmetic of
+    `warp_affine` (float64 sample positions, float32 weights), so the crops equal `crop_image`'s.
+    """
+    _check_frames(frames, "frames")
+    b, height, width, _ = frames.shape
+    A = torch.from_numpy(np.linalg.inv(as_3x3_batch(M_o2c, b))[:, :2]).to(frames.device)
+    xs = torch.arange(dsize, dtype=torch.float64, device=frames.device)
+    ys = xs[:, None]
+
+    def source(row: int, extent: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer part (B,dsize,dsize) int64 and fraction (B,dsize,dsize,1) float32 of one coordinate.
+
+        The integer part is clamped to [-2, extent], which keeps both taps of an outside position outside.
+        """
+        a = A[:, row, :, None, None]
+        pos = a[:, 0] * xs + a[:, 1] * ys + a[:, 2]
+        lower = pos.floor()
+        return lower.clamp(-2, extent).long(), (pos - lower).float()[..., None]
+
+    x0, fx = source(0, width)
+    y0, fy = source(1, height)
+
+    t00, t10, t01, t11 = (tap.float() for tap in bilinear_taps(frames, x0, y0))
+    top = t00 + fx * (t10 - t00)
+    bottom = t01 + fx * (t11 - t01)
+    out = top + fy * (bottom - top)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def to_network_input_frames(crops512: torch.Tensor, size: int = NETWORK_SIZE) -> torch.Tensor:
+    """Batched torch `image_to_tensor(to_network_input(crop))`: (B,H,W,3) uint8 -> (B,3,size,size) float32.
+
+    Values in [0,1]; H and W must be integer multiples of ``size`` (512 -> 256 in the pipeline). The
+    area resize is OpenCV's INTER_AREA on uint8, bit for bit: a 2x2 block gives (sum + 2) >> 2, any
+    other kx x ky block round-half-even(float32(sum) * float32(1 / (kx ky))).
+    """
+    _check_frames(crops512, "crops512")
+    b, height, width, channels = crops512.shape
+    if height % size or width % size:
+        raise ValueError(f"crops of {height}x{width} are not an integer multiple of {size}")
+    ky, kx = height // size, width // size
+    sums = crops512.to(torch.int32).reshape(b, size, ky, size, kx, channels).sum(dim=(2, 4))
+    if (kx, ky) == (2, 2):
+        small = (sums + 2) >> 2
+    else:
+        scale = torch.full((), 1.0 / (kx * ky), dtype=torch.float32, device=crops512.device)
+        small = (sums.float() * scale).round()
+    return small.to(torch.uint8).permute(0, 3, 1, 2).float().div(full_255(crops512.device))
 
 
 def _xyxy(box: CropBox) -> np.ndarray:

@@ -8,9 +8,11 @@ stays flat in the number of frames.
 """
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -21,23 +23,28 @@ from liveportrait.options import AnimationOptions
 from .crop import (
     crop_box_from_face_box,
     crop_box_from_landmarks,
+    crop_frames,
     crop_image,
     crop_transform,
     driving_global_box,
+    to_network_input_frames,
 )
 from .crop import to_network_input as resize_to_network
 from .detection import Face, FaceAnalyzer, LandmarksRequired, load_analyzer
+from .heap import release_free_memory
 from .inference import Precision, optimize_for_inference
 from .keypoints import MotionInfo, source_keypoints
 from .media import Limits, MediaError, VideoReader, VideoWriter, probe, read_image, write_image
 from .model import LivePortraitModel, image_to_tensor, to_uint8_frames
 from .motion_template import MotionTemplate, is_motion_template, load_motion_template
 from .motion_transfer import DrivingMotion, MotionTransfer, SourceMotion, smooth_video_motion
-from .pasteback import paste_back
+from .pasteback import paste_back, paste_back_frames
 from .ratios import eye_open_ratio, lip_open_ratio
+from .stages import Ahead, Behind
 
 Progress = Callable[[int, int], None]
 IMAGE_OUTPUT_FPS = 25.0
+T = TypeVar("T")
 
 
 class EngineError(Exception):
@@ -113,8 +120,8 @@ def _stack(values: list[np.ndarray | None]) -> torch.Tensor | None:
     return torch.from_numpy(np.stack(values).astype(np.float32))
 
 
-def _batches(it: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    batch: list[np.ndarray] = []
+def _batches(it: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
     for item in it:
         batch.append(item)
         if len(batch) == size:
@@ -122,6 +129,27 @@ def _batches(it: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
             batch = []
     if batch:
         yield batch
+
+
+def _driving_crops(frames: Iterable[np.ndarray], M_o2c: np.ndarray | None) -> Iterator[np.ndarray]:
+    """(512, 512, 3) crops of driving frames: the auto-crop `M_o2c`, or a plain resize when None."""
+    for frame in frames:
+        yield cv2.resize(frame, (512, 512)) if M_o2c is None else crop_image(frame, M_o2c)
+
+
+def _host_frames(frames: list[np.ndarray] | torch.Tensor) -> Iterable[np.ndarray]:
+    """(H, W, 3) uint8 arrays in host memory of a list of them or of a (B, H, W, 3) tensor."""
+    return frames.cpu().numpy() if isinstance(frames, torch.Tensor) else frames
+
+
+def _pastes_back(options: AnimationOptions) -> bool:
+    """Whether the output frames are the result pasted back into the source frame."""
+    return (
+        options.output_kind == "pasteback"
+        and options.flag_pasteback
+        and options.flag_do_crop
+        and options.flag_stitching
+    )
 
 
 class Animator:
@@ -135,20 +163,41 @@ class Animator:
         frame_batch: int = 8,
         detector: str = "auto",
         optimize: bool = False,
-        precision: Precision = "fp32",
+        precision: Precision | None = None,
+        *,
+        pipelined: bool = True,
+        compose_on_device: bool | None = None,
+        engine_cache_dir: Path | None = None,
     ) -> None:
-        """optimize: run engines.inference's rewritten F, W and G (float32 keeps the golden
-        tolerance); precision: "fp32", or "bf16" / "fp16" (autocast, with optimize only)."""
-        if precision != "fp32" and not optimize:
-            raise ValueError("precision other than fp32 needs optimize=True")
+        """backend: "torch", "onnxruntime", "tensorrt" or "auto" (TensorRT on a CUDA device that has
+        it, else torch; compiled backends export and build into `engine_cache_dir` on first use);
+        optimize: with torch, run engines.inference's rewritten F, W and G (float32 keeps the golden
+        tolerance); precision: "fp32", "bf16" or "fp16" (torch: autocast, with optimize only;
+        default fp32; compiled backends default to fp16 on CUDA); pipelined: decode and crop ahead of
+        inference, paste back and encode behind it, in their own threads; compose_on_device: crop
+        driving frames and paste back on the model's device (default: on CUDA)."""
+        from .backends.select import load_backend, resolve_backend
+
         self.device = torch.device(device)
-        model = LivePortraitModel.from_weights(Path(weights_dir), self.device)
-        if optimize:
-            model = optimize_for_inference(model, precision=precision, copy_model=False)
+        self.backend = resolve_backend(backend, self.device)
+        if self.backend == "torch":
+            precision = precision or "fp32"
+            if precision != "fp32" and not optimize:
+                raise ValueError("precision other than fp32 needs optimize=True")
+            model = LivePortraitModel.from_weights(Path(weights_dir), self.device)
+            if optimize:
+                model = optimize_for_inference(model, precision=precision, copy_model=False)
+        else:
+            model = load_backend(
+                self.backend, Path(weights_dir), self.device, engine_cache_dir, precision=precision
+            )
         self.model = model
         self.analyzer: FaceAnalyzer = load_analyzer(Path(weights_dir), detector)
         self.frame_batch = frame_batch
-        self.backend = backend
+        self.pipelined = pipelined
+        self.compose_on_device = (
+            self.device.type == "cuda" if compose_on_device is None else compose_on_device
+        )
 
     # --- inputs --------------------------------------------------------------------------------
 
@@ -200,11 +249,9 @@ class Animator:
         self, path: Path, options: AnimationOptions, limits: Limits
     ) -> tuple[VideoReader, Iterator[np.ndarray]]:
         """The driving video's frames as 512x512 crops (auto-cropped or plainly resized)."""
+        M_o2c = self._driving_crop(path, options, limits) if options.flag_crop_driving_video else None
         reader = VideoReader(path, limits)
-        if not options.flag_crop_driving_video:
-            return reader, (cv2.resize(f, (512, 512)) for f in reader)
-        M_o2c = self._driving_crop(path, options, limits)
-        return reader, (crop_image(f, M_o2c) for f in reader)
+        return reader, _driving_crops(reader, M_o2c)
 
     def _driving_crop(self, path: Path, options: AnimationOptions, limits: Limits) -> np.ndarray:
         """The official driving auto-crop: one box, averaged over every frame's landmarks."""
@@ -223,11 +270,17 @@ class Animator:
         )
         return crop.M_o2c
 
-    def _motion_of(self, crops: list[np.ndarray]) -> MotionInfo:
-        batch = image_to_tensor(torch.from_numpy(np.stack([resize_to_network(c) for c in crops]))).to(
-            self.device
-        )
-        return self.model.extract_motion(batch)
+    def _ahead(self, items: Iterable[T], name: str) -> AbstractContextManager[Iterator[T]]:
+        """`items` produced in a thread ahead of the caller when pipelined, else in the caller's."""
+        return Ahead(items, depth=2, name=name) if self.pipelined else nullcontext(iter(items))
+
+    def _network_input(self, crops: list[np.ndarray] | torch.Tensor) -> torch.Tensor:
+        """(B, 3, 256, 256) float network input of 512 crops on the model's device, from a list of
+        (512, 512, 3) uint8 arrays or a (B, 512, 512, 3) uint8 tensor on the device."""
+        if isinstance(crops, torch.Tensor):
+            return to_network_input_frames(crops)
+        batch = np.stack([resize_to_network(c) for c in crops])
+        return image_to_tensor(torch.from_numpy(batch)).to(self.device)
 
     def extract_motion(
         self,
@@ -237,22 +290,30 @@ class Animator:
         limits: Limits | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> MotionTemplate:
-        """Pass 1 over a driving video: per-frame motion (and eye/lip ratios with landmark models)."""
+        """Pass 1 over a driving video: per-frame motion (and eye/lip ratios with landmark models).
+
+        Decoding and cropping run ahead in a thread; with compose_on_device, the auto-crop warp runs
+        on the model's device instead."""
         limits = limits or Limits()
         infos, eyes, lips = [], [], []
         want_ratios = self.analyzer.has_landmarks
-        reader, frames = self._driving_frames(driving, options, limits)
-        with reader:
-            face = None
-            for batch in _batches(frames, self.frame_batch):
-                if should_cancel is not None and should_cancel():
-                    raise AnimationCanceled
-                infos.append(self._motion_of(batch))
-                for crop in batch if want_ratios else ():
-                    face = self.analyzer.landmarks(crop, face)
-                    eye, lip = _face_ratios(face) if face is not None else (None, None)
-                    eyes.append(eye)
-                    lips.append(lip)
+        M_o2c = self._driving_crop(driving, options, limits) if options.flag_crop_driving_video else None
+        on_device = self.compose_on_device and M_o2c is not None
+        with VideoReader(driving, limits) as reader:
+            frames = iter(reader) if on_device else _driving_crops(reader, M_o2c)
+            with self._ahead(_batches(frames, self.frame_batch), "driving-decode") as batches:
+                face = None
+                for batch in batches:
+                    if should_cancel is not None and should_cancel():
+                        raise AnimationCanceled
+                    crops = crop_frames(self._upload(batch), M_o2c) if on_device else batch
+                    infos.append(self.model.extract_motion(self._network_input(crops)))
+                    for crop in _host_frames(crops) if want_ratios else ():
+                        face = self.analyzer.landmarks(crop, face)
+                        eye, lip = _face_ratios(face) if face is not None else (None, None)
+                        eyes.append(eye)
+                        lips.append(lip)
+                    release_free_memory()
             fps = reader.fps or IMAGE_OUTPUT_FPS
         info = MotionInfo.cat(infos)
         template = MotionTemplate(
@@ -268,6 +329,10 @@ class Animator:
             source_name=Path(driving).name,
         )
         return template
+
+    def _upload(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """(B, H, W, 3) uint8 tensor on the model's device from B equal-sized (H, W, 3) frames."""
+        return torch.from_numpy(np.stack(frames)).to(self.device)
 
     def _template_motion(self, template: MotionTemplate) -> DrivingMotion:
         t = {
@@ -346,7 +411,7 @@ class Animator:
                     options.vy_ratio_crop_driving_video,
                 ).M_o2c,
             )
-        info = self._motion_of([crop])
+        info = self.model.extract_motion(self._network_input([crop]))
         eye = lip = None
         if self.analyzer.has_landmarks:
             face = self.analyzer.landmarks(crop, None)
@@ -402,22 +467,21 @@ class Animator:
             for start in range(0, n, self.frame_batch):
                 job.check_cancel()
                 part = job.drv[start : start + self.frame_batch]
-                frames = to_uint8_frames(self.model.render(f_s, src.x_s, transfer(src, part))).cpu().numpy()
-                sink.add(frames, [src_crop] * len(frames))
+                sink.add(self.model.render(f_s, src.x_s, transfer(src, part)), [src_crop] * len(part.info))
         return sink.result()
 
     def _animate_video_source(self, source: Path, job: "_Job") -> AnimateResult:
         if job.driving_kind == "image":
             raise EngineError("unsupported_input", "a video source needs a driving video or motion template")
-        options, drv = job.options, job.drv
+        options, drv, size = job.options, job.drv, self.frame_batch
         # pass 1 over the source: each frame's crop motion and ratios, for the smoothing
-        infos, eyes, lips, face = [], [], [], None
-        with VideoReader(source, job.limits) as reader:
-            for batch in _batches(reader, self.frame_batch):
-                crops = []
-                for frame in batch:
-                    crop, face = self.crop_source(frame, options, face)
-                    crops.append(crop)
+        infos, eyes, lips = [], [], []
+        with (
+            VideoReader(source, job.limits) as reader,
+            self._ahead(_batches(self._source_crops(reader, options), size), "source-crop") as batches,
+        ):
+            for crops in batches:
+                job.check_cancel()
                 motion, _ = self._source_motion(crops)
                 infos.append(motion.info)
                 eyes += [c.eye_ratio for c in crops]
@@ -435,21 +499,30 @@ class Animator:
         audio = {"driving": job.driving if job.driving_kind == "video" else None, "source": source}.get(
             options.audio
         )
-        face = None
-        with VideoReader(source, job.limits) as reader, _FrameSink(self, job, n, audio) as sink:
-            source_frames = iter(reader)
-            for start in range(0, n, self.frame_batch):
+        with (
+            VideoReader(source, job.limits) as reader,
+            self._ahead(
+                _batches(itertools.islice(self._source_crops(reader, options), n), size), "source-crop"
+            ) as batches,
+            _FrameSink(self, job, n, audio) as sink,
+        ):
+            start = 0
+            for crops in batches:
                 job.check_cancel()
-                stop = min(start + self.frame_batch, n)
-                crops = []
-                for _ in range(start, stop):
-                    crop, face = self.crop_source(next(source_frames), options, face)
-                    crops.append(crop)
+                stop = start + len(crops)
                 f_s = self.model.extract_appearance(self._network_batch(crops))
                 part = sources[start:stop]
                 x_d = transfer(part, drv[start:stop], smoothed[start:stop])
-                sink.add(to_uint8_frames(self.model.render(f_s, part.x_s, x_d)).cpu().numpy(), crops)
+                sink.add(self.model.render(f_s, part.x_s, x_d), crops)
+                start = stop
         return sink.result()
+
+    def _source_crops(self, frames: Iterable[np.ndarray], options: AnimationOptions) -> Iterator[SourceCrop]:
+        """Each frame of a source video cropped, the face tracked from frame to frame."""
+        face = None
+        for frame in frames:
+            crop, face = self.crop_source(frame, options, face)
+            yield crop
 
 
 def compose_frame(
@@ -458,8 +531,7 @@ def compose_frame(
     """The output frame for one rendered 512 crop: pasted back, the crop, or driving | source | result."""
     if options.output_kind == "side_by_side":
         return np.concatenate([driving512, src.crop512, result], axis=1)
-    pasteback = options.flag_pasteback and options.flag_do_crop and options.flag_stitching
-    if options.output_kind == "pasteback" and pasteback:
+    if _pastes_back(options):
         return paste_back(result, src.M_c2o, src.frame)
     return result
 
@@ -484,17 +556,24 @@ class _Job:
 
 
 class _FrameSink:
-    """Composes rendered crops into output frames and encodes them, reporting progress per batch.
+    """Turns rendered batches into output frames and encodes them, behind the inference loop.
 
+    `add` takes a batch as rendered, on the model's device. With compose_on_device the paste-back
+    runs there too; otherwise the frames are composed on the CPU (OpenCV) in the encoding thread.
     The encoder opens on the first frame (its size is known then); on an error the partial file is
-    removed. For the side-by-side output the driving video is decoded again alongside.
+    removed. For the side-by-side output the driving video is decoded again alongside. Progress is
+    reported from the caller's thread, in frames encoded.
     """
 
     def __init__(self, animator: Animator, job: _Job, total: int, audio: Path | None) -> None:
         self.job, self.total, self.audio, self.done = job, total, audio, 0
+        self.device = animator.device
+        self.on_device = animator.compose_on_device and _pastes_back(job.options)
         self.writer: VideoWriter | None = None
         self.reader: VideoReader | None = None
         self.driving_frames: Iterator[np.ndarray] | None = None
+        self._reported = 0
+        self._original: tuple[SourceCrop, torch.Tensor] | None = None
         if job.options.output_kind == "side_by_side":
             if job.driving_kind == "video":
                 self.reader, self.driving_frames = animator._driving_frames(
@@ -502,16 +581,38 @@ class _FrameSink:
                 )
             else:  # a motion template has no pixels to show
                 self.driving_frames = itertools.repeat(np.zeros((512, 512, 3), np.uint8))
+        self._behind: Behind[tuple[torch.Tensor, list[SourceCrop]]] | None = (
+            Behind(self._encode, depth=2, name="encode") if animator.pipelined else None
+        )
 
     def __enter__(self) -> "_FrameSink":
         return self
 
-    def add(self, results: np.ndarray, crops: list[SourceCrop]) -> None:
-        """Encode a batch: results (B, 512, 512, 3) uint8 with each frame's source crop."""
+    def add(self, images: torch.Tensor, crops: list[SourceCrop]) -> None:
+        """Queue a batch: images (B, 3, 512, 512) in [0, 1] with each frame's source crop."""
+        frames = self._paste_back_on_device(images, crops) if self.on_device else to_uint8_frames(images)
+        if self._behind is None:
+            self._encode((frames, crops))
+        else:
+            self._behind.put((frames, crops))
+        self._report()
+
+    def _paste_back_on_device(self, images: torch.Tensor, crops: list[SourceCrop]) -> torch.Tensor:
+        """(B, H, W, 3) uint8 output frames on the model's device."""
+        if all(c is crops[0] for c in crops):  # an image source: one frame, uploaded once
+            if self._original is None or self._original[0] is not crops[0]:
+                self._original = (crops[0], torch.from_numpy(crops[0].frame).to(self.device))
+            return paste_back_frames(images, crops[0].M_c2o, self._original[1])
+        originals = torch.from_numpy(np.stack([c.frame for c in crops])).to(self.device)
+        return paste_back_frames(images, np.stack([c.M_c2o for c in crops]), originals)
+
+    def _encode(self, item: tuple[torch.Tensor, list[SourceCrop]]) -> None:
+        """Compose (unless done on the device) and encode one batch of (B, H, W, 3) uint8 frames."""
+        frames, crops = item
         options = self.job.options
-        for result, crop in zip(results, crops, strict=True):
+        for frame, crop in zip(frames.cpu().numpy(), crops, strict=True):
             driving = next(self.driving_frames) if self.driving_frames is not None else None
-            out = compose_frame(options, result, crop, driving)
+            out = frame if self.on_device else compose_frame(options, frame, crop, driving)
             if self.writer is None:
                 audio = self.audio if options.audio != "none" else None
                 self.writer = VideoWriter(
@@ -523,22 +624,37 @@ class _FrameSink:
                     audio_from=audio,
                 )
             self.writer.write(out)
-        self.done += len(results)
-        if self.job.progress:
-            self.job.progress(self.done, self.total)
+        self.done += len(crops)
+        release_free_memory()
+
+    def _report(self) -> None:
+        done = self.done
+        if self.job.progress and done != self._reported:
+            self._reported = done
+            self.job.progress(done, self.total)
 
     def result(self) -> AnimateResult:
         w = self.writer
         return AnimateResult(self.job.output, self.done, self.job.fps, w.width, w.height, "video/mp4")
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if self.reader is not None:
-            self.reader.close()
-        if self.writer is not None:
-            if exc_type is None:
+        ok = exc_type is None
+        try:
+            if self._behind is not None and ok:
+                self._behind.finish()
+            elif self._behind is not None:
+                self._behind.abort()
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            if self.reader is not None:
+                self.reader.close()
+            if self.writer is not None and ok:
                 self.writer.close()
-            else:
+            elif self.writer is not None:
                 self.writer.abort()
+        self._report()
 
 
 __all__ = ["AnimateResult", "AnimationCanceled", "Animator", "EngineError", "MediaError"]

@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from engines.crop import (
     CropBox,
     crop_box_from_face_box,
     crop_box_from_landmarks,
+    crop_frames,
     crop_image,
     crop_transform,
     driving_global_box,
     to_network_input,
+    to_network_input_frames,
     transform_points,
     warp_affine,
 )
+from engines.model import image_to_tensor
+
+ASTRONAUT_PATH = Path(__file__).parents[2] / "engines" / "data" / "astronaut.jpg"
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not torch.cuda.is_available(),
+            reason="no CUDA device here: the GPU path runs the same test on the device machine",
+        ),
+    ),
+]
 
 EYES = {106: ([33, 35, 40, 39], [87, 89, 94, 93]), 203: ([0, 6, 12, 18], [24, 30, 36, 42])}
 LIPS = {106: (52, 61), 203: (48, 66)}
@@ -214,3 +232,111 @@ def test_crop_golden_driving(golden_crop: dict) -> None:
     assert_transform_close(crop.boxes, golden_crop["drv_boxes"])
     assert_transform_close(crop.global_box, golden_crop["drv_global_box"])
     assert_transform_close(crop.M_o2c, golden_crop["drv_M_o2c"])
+
+
+# --- torch versions: crop_frames and to_network_input_frames -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    img = cv2.imread(str(ASTRONAUT_PATH))
+    assert img is not None, ASTRONAUT_PATH
+    return img
+
+
+def assert_matches_reference(actual: torch.Tensor, expected: np.ndarray) -> None:
+    """At most 1 grey level off and >= 99.9 % of the values identical."""
+    got = actual.cpu().numpy()
+    assert max_grey_diff(got, expected) <= 1
+    assert (got == expected).mean() >= 0.999
+
+
+def box_transform(center: tuple[float, float], size: float, angle: float) -> np.ndarray:
+    return crop_transform(CropBox(center=np.array(center), size=size, angle=angle), 512)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_crop_frames_per_frame_transforms_match_crop_image(astronaut: np.ndarray, device: str) -> None:
+    frames = np.stack([astronaut, astronaut[::-1, ::-1], astronaut[:, :, ::-1]])
+    transforms = np.stack(
+        [
+            box_transform((256.0, 230.0), 300.0, 0.35),  # rotated, upscaled
+            box_transform((40.0, 470.0), 420.0, -2.4),  # rotated and mostly outside the frame
+            box_transform((256.0, 256.0), 900.0, 1.0),  # downscaled, the frame inside the crop
+        ]
+    )
+    with torch.inference_mode():
+        crops = crop_frames(torch.from_numpy(frames).to(device), transforms)
+    assert crops.shape == (3, 512, 512, 3) and crops.dtype == torch.uint8
+    assert crops.device.type == device
+    for crop, frame, M in zip(crops, frames, transforms, strict=True):
+        assert_matches_reference(crop, crop_image(frame, M))
+    outside = (crops == 0).all(dim=3)  # the zero border
+    assert outside[1].float().mean() > 0.5 and outside[1, :20].all()
+    assert outside[2, :20].all() and outside[2, -20:].all() and outside[2, :, :20].all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_crop_frames_shared_transform_on_random_frames(device: str) -> None:
+    frames = np.random.default_rng(3).integers(0, 256, (3, 960, 1280, 3), dtype=np.uint8)
+    M = box_transform((1200.0, 100.0), 350.0, 0.8)  # the crop leaves the frame at the top right
+    batch = torch.from_numpy(frames).to(device)
+    crops = crop_frames(batch, M[:2])
+    assert crops.shape == (3, 512, 512, 3) and crops.device.type == device
+    for crop, frame in zip(crops, frames, strict=True):
+        assert_matches_reference(crop, crop_image(frame, M))
+    assert torch.equal(crop_frames(batch[:1], torch.from_numpy(M).to(device)), crops[:1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_crop_frames_keep_subpixel_precision_far_from_the_origin(device: str) -> None:
+    frame = np.random.default_rng(4).integers(0, 256, (1, 160, 4096, 3), dtype=np.uint8)
+    M = box_transform((4010.0, 90.0), 123.4, 0.2)  # 4096-px coordinates, partly outside
+    crop = crop_frames(torch.from_numpy(frame).to(device), M[None], dsize=256)
+    assert crop.shape == (1, 256, 256, 3)
+    assert_matches_reference(crop[0], warp_affine(frame[0], M, (256, 256)))
+
+
+def test_crop_frames_reject_bad_inputs() -> None:
+    frames = torch.zeros(2, 64, 64, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError):
+        crop_frames(frames, np.eye(3)[None].repeat(3, axis=0))
+    with pytest.raises(ValueError):
+        crop_frames(frames.float(), np.eye(3))
+    with pytest.raises(ValueError):
+        crop_frames(frames[0], np.eye(3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_network_input_frames_equal_opencv_area_resize(device: str) -> None:
+    rng = np.random.default_rng(5)
+    crops = np.concatenate(
+        [
+            rng.integers(0, 256, (2, 512, 512, 3), dtype=np.uint8),
+            rng.integers(0, 4, (1, 512, 512, 3), dtype=np.uint8),  # many exact halves to round
+        ]
+    )
+    with torch.inference_mode():
+        net = to_network_input_frames(torch.from_numpy(crops).to(device))
+    assert net.shape == (3, 3, 256, 256) and net.dtype == torch.float32
+    assert net.device.type == device
+    expected = image_to_tensor(torch.from_numpy(np.stack([to_network_input(c) for c in crops])))
+    assert torch.equal(net.cpu(), expected)
+
+
+@pytest.mark.parametrize("shape", [(1024, 1024), (512, 1024), (768, 768)])
+def test_network_input_frames_other_integer_factors(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(6)
+    crops = np.concatenate(
+        [
+            rng.integers(0, 256, (1, *shape, 3), dtype=np.uint8),
+            rng.integers(0, 3, (1, *shape, 3), dtype=np.uint8),
+        ]
+    )
+    expected = image_to_tensor(torch.from_numpy(np.stack([to_network_input(c) for c in crops])))
+    assert torch.equal(to_network_input_frames(torch.from_numpy(crops)), expected)
+
+
+def test_network_input_frames_reject_non_integer_factors() -> None:
+    with pytest.raises(ValueError):
+        to_network_input_frames(torch.zeros(1, 500, 500, 3, dtype=torch.uint8))

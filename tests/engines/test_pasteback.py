@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
+import torch
 from skimage import data as skdata
 
 from engines.crop import CropBox, crop_image, crop_transform
-from engines.pasteback import mask_template, paste_back, warp_mask
+from engines.model import to_uint8_frames
+from engines.pasteback import mask_template, paste_back, paste_back_frames, warp_mask
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not torch.cuda.is_available(),
+            reason="no CUDA device here: the GPU path runs the same test on the device machine",
+        ),
+    ),
+]
 
 
 def max_grey_diff(a: np.ndarray, b: np.ndarray) -> int:
@@ -74,3 +88,89 @@ def test_crop_golden_pasteback(golden_crop: dict) -> None:
     )
     out = paste_back(golden_crop["pasteback_result512"], M_c2o, image)
     assert max_grey_diff(out, golden_crop["pasteback_out"]) <= 1
+
+
+# --- torch version: paste_back_frames ----------------------------------------------------------
+
+
+def crop_to_original(center: tuple[float, float], size: float, angle: float) -> np.ndarray:
+    return np.linalg.inv(crop_transform(CropBox(center=np.array(center), size=size, angle=angle), 512))
+
+
+def frame_1280x960() -> np.ndarray:
+    return cv2.resize(skdata.astronaut(), (1280, 960), interpolation=cv2.INTER_LINEAR)
+
+
+def renderer_output(frame: np.ndarray, M_c2o: np.ndarray, seed: int) -> torch.Tensor:
+    """A (3,512,512) float32 'render': the crop of ``frame`` plus noise, a little outside [0, 1]."""
+    crop = crop_image(frame, np.linalg.inv(M_c2o), 512).astype(np.float32) / 255
+    noise = np.random.default_rng(seed).normal(0.0, 0.05, crop.shape).astype(np.float32)
+    return torch.from_numpy(crop + noise).permute(2, 0, 1)
+
+
+def assert_matches_paste_back(
+    out: torch.Tensor, results: torch.Tensor, M_c2o: np.ndarray, originals: np.ndarray
+) -> None:
+    """Each frame within 2 grey levels (mean < 0.05) of `paste_back`, the original outside the mask."""
+    crops = to_uint8_frames(results.cpu()).numpy()
+    M_c2o = np.broadcast_to(M_c2o, (len(crops), 3, 3))
+    originals = np.broadcast_to(originals, (len(crops), *originals.shape[-3:]))
+    for frame, crop, M, original in zip(out.cpu().numpy(), crops, M_c2o, originals, strict=True):
+        diff = np.abs(frame.astype(np.int16) - paste_back(crop, M, original))
+        assert diff.max() <= 2 and diff.mean() < 0.05
+        outside = warp_mask(M, original.shape[:2])[..., 0] == 0
+        np.testing.assert_array_equal(frame[outside], original[outside])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_paste_back_frames_per_frame_transforms(device: str) -> None:
+    original = frame_1280x960()
+    transforms = np.stack(
+        [
+            crop_to_original((420.0, 330.0), 380.0, 0.3),  # rotated
+            crop_to_original((540.0, 400.0), 300.0, -0.6),
+            crop_to_original((120.0, 90.0), 420.0, 2.6),  # partly outside the frame
+        ]
+    )
+    results = torch.stack([renderer_output(original, M, i) for i, M in enumerate(transforms)])
+    with torch.inference_mode():
+        out = paste_back_frames(results.to(device), transforms, torch.from_numpy(original).to(device))
+    assert out.shape == (3, 960, 1280, 3) and out.dtype == torch.uint8
+    assert out.device.type == device
+    assert_matches_paste_back(out, results, transforms, original)
+    assert not torch.equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_paste_back_frames_shared_transform_and_sharp_results(device: str) -> None:
+    originals = np.random.default_rng(7).integers(0, 256, (3, 960, 1280, 3), dtype=np.uint8)
+    M_c2o = crop_to_original((1150.0, 880.0), 520.0, 1.0)  # rotated, leaves the frame at the corner
+    results = torch.rand(3, 3, 512, 512, generator=torch.Generator().manual_seed(8)) * 1.2 - 0.1
+    M_device = torch.from_numpy(M_c2o[:2]).to(device)
+    out = paste_back_frames(results.to(device), M_device, torch.from_numpy(originals).to(device))
+    assert out.shape == (3, 960, 1280, 3) and out.dtype == torch.uint8 and out.device.type == device
+    assert_matches_paste_back(out, results, M_c2o, originals)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_paste_back_frames_crop_outside_the_frame_leaves_it_unchanged(device: str) -> None:
+    original = torch.from_numpy(skdata.astronaut()[:100, :100].copy()).to(device)
+    M_c2o = np.array([[1.0, 0.0, 500.0], [0.0, 1.0, 500.0]])
+    out = paste_back_frames(torch.zeros(2, 3, 512, 512, device=device), M_c2o, original)
+    assert out.shape == (2, 100, 100, 3)
+    assert torch.equal(out, original.expand(2, -1, -1, -1))
+    out[0, 0, 0] = 1 - original[0, 0]
+    assert not torch.equal(out[0], original) and torch.equal(out[1], original)
+
+
+def test_paste_back_frames_reject_bad_inputs() -> None:
+    results = torch.zeros(2, 3, 512, 512)
+    original = torch.zeros(64, 64, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError):
+        paste_back_frames(results[:, :, :256], np.eye(3), original)
+    with pytest.raises(ValueError):
+        paste_back_frames(results, np.eye(3), original.float())
+    with pytest.raises(ValueError):
+        paste_back_frames(results, np.eye(3), original.expand(3, -1, -1, -1))
+    with pytest.raises(ValueError):
+        paste_back_frames(results, np.stack([np.eye(3)] * 3), original)

@@ -3,16 +3,20 @@
 Each rendered frame costs W + G (~1.25 TFLOP) on the CPU, so these tests use few frames.
 """
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+import torch
 
+from engines import pipeline
 from engines.demo import head_motion_frames, portrait, write_demo_inputs
-from engines.media import read_image, write_image, write_test_video
+from engines.media import VideoWriter, read_image, write_image, write_test_video
 from engines.motion_template import load_template
-from engines.pipeline import Animator, EngineError
+from engines.pipeline import AnimationCanceled, Animator, EngineError
 from liveportrait.cli import main
 from liveportrait.options import AnimationOptions
 
@@ -116,3 +120,146 @@ def test_cli_refuses_a_pickle_template_without_trust(tmp_path, weights, capsys):
     )
     assert code == 1
     assert "--trust-pickle" in capsys.readouterr().err
+
+
+# --- the pipelined job: stages overlapped in threads, composition on the model's device ---------
+#
+# These tests check the plumbing around W+G, so W+G is replaced by a cheap stand-in that draws a
+# textured (B, 3, 512, 512) image from each frame's driving keypoints; everything else is real.
+
+
+def stand_in_render(f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 512, 512) in [0, 1]: stripes whose phase follows each frame's x_d."""
+    ramp = torch.linspace(0, 12.0, 512, device=x_d.device)
+    phase = 40.0 * x_d.float().sum(dim=(1, 2)).view(-1, 1, 1, 1)
+    stripes = torch.sin(ramp.view(1, 1, 512, 1) + ramp.view(1, 1, 1, 512) * 0.7 + phase)
+    colour = torch.tensor([0.2, 0.5, 0.8], device=x_d.device).view(1, 3, 1, 1)
+    return (0.5 + 0.45 * stripes * colour).expand(-1, 3, -1, -1).contiguous()
+
+
+def read_frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+@pytest.fixture
+def stand_in_animator(weights: Path) -> Callable[..., Animator]:
+    def build(**kwargs) -> Animator:
+        animator = Animator(weights, "cpu", frame_batch=2, **kwargs)
+        animator.model.render = stand_in_render
+        return animator
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_demo_inputs(tmp_path_factory.mktemp("inputs"), n_frames=5)
+
+
+@pytest.mark.parametrize("output_kind", ["pasteback", "side_by_side"])
+def test_pipelined_job_equals_the_sequential_one(tmp_path, stand_in_animator, inputs, output_kind):
+    source, driving = inputs
+    options = AnimationOptions(output_kind=output_kind)
+    outputs = {}
+    for pipelined in (False, True):
+        progress = []
+        animator = stand_in_animator(pipelined=pipelined)
+        result = animator.animate(
+            source,
+            driving,
+            tmp_path / f"{pipelined}.mp4",
+            options,
+            progress=lambda done, total, seen=progress: seen.append((done, total)),
+        )
+        assert result.frames == 5
+        assert progress[-1] == (5, 5) and progress == sorted(progress)
+        outputs[pipelined] = read_frames(result.output)
+    assert len(outputs[True]) == len(outputs[False]) == 5
+    assert all(np.array_equal(a, b) for a, b in zip(outputs[True], outputs[False], strict=True))
+
+
+def test_video_source_pipelined_equals_sequential(tmp_path, stand_in_animator):
+    frames = list(head_motion_frames(portrait(), 5, size=320))
+    source = tmp_path / "source.mp4"
+    write_test_video(source, frames[::-1], fps=10.0, with_audio=False)
+    driving = tmp_path / "driving.mp4"
+    write_test_video(driving, frames, fps=10.0, with_audio=True)
+    outputs = [
+        read_frames(
+            stand_in_animator(pipelined=pipelined)
+            .animate(source, driving, tmp_path / f"{pipelined}.mp4", AnimationOptions())
+            .output
+        )
+        for pipelined in (False, True)
+    ]
+    assert len(outputs[0]) == 5
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True))
+
+
+def test_paste_back_on_the_device_gives_the_host_frames(tmp_path, stand_in_animator, inputs):
+    """compose_on_device is the CUDA default; torch runs the same code on the CPU here."""
+    source, driving = inputs
+    outputs = [
+        read_frames(
+            stand_in_animator(compose_on_device=on_device)
+            .animate(source, driving, tmp_path / f"{on_device}.mp4", AnimationOptions())
+            .output
+        )
+        for on_device in (False, True)
+    ]
+    assert outputs[0][0].shape == read_image(source).shape
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True))
+
+
+def test_driving_auto_crop_on_the_device_gives_the_host_motion(tmp_path, stand_in_animator, inputs):
+    """The auto-crop box needs landmark models (not shipped): a fixed box stands in for it."""
+    _, driving = inputs
+    box = np.array([[0.9, 0.1, -20.0], [-0.1, 0.9, 30.0], [0.0, 0.0, 1.0]])
+    templates = []
+    for on_device in (False, True):
+        animator = stand_in_animator(compose_on_device=on_device)
+        animator._driving_crop = lambda *_: box
+        templates.append(animator.extract_motion(driving, AnimationOptions(flag_crop_driving_video=True)))
+    for key in ("exp", "R", "scale", "t", "kp"):
+        np.testing.assert_array_equal(getattr(templates[0], key), getattr(templates[1], key))
+
+
+class FailingWriter(VideoWriter):
+    """A VideoWriter whose third frame fails, as a full disk would."""
+
+    def write(self, frame: np.ndarray) -> None:
+        self.written = getattr(self, "written", 0) + 1
+        if self.written == 3:
+            raise OSError(28, "No space left on device")
+        super().write(frame)
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_an_encoder_failure_fails_the_job_and_leaves_no_file(
+    tmp_path, stand_in_animator, inputs, monkeypatch, pipelined
+):
+    monkeypatch.setattr(pipeline, "VideoWriter", FailingWriter)
+    source, driving = inputs
+    out = tmp_path / "out.mp4"
+    with pytest.raises(OSError, match="No space left"):
+        stand_in_animator(pipelined=pipelined).animate(source, driving, out, AnimationOptions())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_cancel_between_batches_stops_the_pipelined_job(tmp_path, stand_in_animator, inputs, pipelined):
+    source, driving = inputs
+    progress = []
+    with pytest.raises(AnimationCanceled):
+        stand_in_animator(pipelined=pipelined).animate(
+            source,
+            driving,
+            tmp_path / "out.mp4",
+            AnimationOptions(),
+            progress=lambda done, total: progress.append(done),
+            should_cancel=lambda: bool(progress),
+        )
+    assert list(tmp_path.iterdir()) == []
+    stages = ("encode", "source-crop", "driving-decode")
+    assert not [t for t in threading.enumerate() if t.name in stages]
