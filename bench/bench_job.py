@@ -1,13 +1,21 @@
-"""End-to-end frames/s of a whole job, eager against optimised, in one run.
+"""End-to-end frames/s of a whole job: the plain eager path against the optimised and pipelined ones.
 
     .venv/bin/python -m bench.bench_job                        # CPU: 4 frames, 1280-px source
     .venv/bin/python -m bench.bench_job --device cuda --precision fp16 --frames 200 --size 512
 
 A job is Animator.animate on an image source and a driving video: decode -> crop -> M -> motion
 transfer -> W+G -> paste-back -> H.264 encode. The source is the bundled portrait
-(engines/data/astronaut.jpg) upscaled to --size px; the driving video is its head-motion clip
-(engines.demo). Both Animators are loaded in this process and run their jobs in turns (ABBA) after
-one warm-up job each; frames/s = frames / median wall seconds of a job.
+(engines/data/astronaut.jpg) resized to --size px; the driving video is its head-motion clip
+(engines.demo). Three Animators run the same job:
+
+- eager fp32, sequential: the baseline, the plain modules with every stage in turn on one thread,
+  paste-back on the CPU;
+- optimised, sequential: engines.inference's model at --precision, stages still in turn;
+- optimised, pipelined: the same model with decode ahead of and paste-back + encode behind the
+  inference loop in their own threads, and on CUDA the paste-back on the GPU.
+
+All are loaded in this process and run their jobs in turns (ABBA...) after one warm-up job each;
+frames/s = frames / median wall seconds of a job.
 """
 
 import argparse
@@ -47,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-batch", type=int, help="frames per W+G batch (default: 4 CPU, 16 CUDA)")
     parser.add_argument("--repeats", type=int, default=2, help="timed jobs per Animator")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--cuda-graphs", action="store_true", help="the pipelined path replays W+G graphs")
     parser.add_argument("--weights", help="weights directory (default: a synthetic bundle)")
     args = parser.parse_args(argv)
 
@@ -60,10 +69,27 @@ def main(argv: list[str] | None = None) -> int:
     print_machine(device)
 
     weights = weights_dir(args.weights)
+    graphs = ", CUDA graphs" if args.cuda_graphs else ""
     animators = {
-        "eager fp32": Animator(weights, args.device, frame_batch=frame_batch),
-        f"optimised {precision}": Animator(
-            weights, args.device, frame_batch=frame_batch, optimize=True, precision=precision
+        "eager fp32, sequential": Animator(
+            weights, args.device, frame_batch=frame_batch, pipelined=False, compose_on_device=False
+        ),
+        f"optimised {precision}, sequential": Animator(
+            weights,
+            args.device,
+            frame_batch=frame_batch,
+            optimize=True,
+            precision=precision,
+            pipelined=False,
+            compose_on_device=False,
+        ),
+        f"optimised {precision}, pipelined{graphs}": Animator(
+            weights,
+            args.device,
+            frame_batch=frame_batch,
+            optimize=True,
+            precision=precision,
+            cuda_graphs=args.cuda_graphs,
         ),
     }
     options = AnimationOptions(audio="driving")

@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.bench_memory --frames 100 500 --render-batches
 
 Every measurement runs in a fresh child process and reads the child's own peak resident set size
-(VmHWM in /proc/self/status) at its end.
+(VmHWM in /proc/self/status) at its end; for a job, VmHWM is restarted after the model is loaded, so
+the peak is the job's own.
 
 Part 1, the job: the real Animator (optimised fp32) runs decode -> crop -> M on every driving frame
 -> motion transfer -> render -> paste-back -> H.264 encode, but its render step (W+G, ~1.25 TFLOP a
@@ -13,9 +14,9 @@ same shape, (B, 3, 512, 512) float32. Everything else is real. W+G's own memory 
 size only, not on the number of frames; part 2 measures it.
 
 The job runs once with glibc's malloc and once with jemalloc (LD_PRELOAD, where the machine has
-it): with glibc, pass 1 (M over every driving frame, decoding in FFmpeg's threads) leaves freed
-heap that glibc keeps (malloc_trim hands it back: it is not live memory), and how much depends on
-the run; jemalloc returns it.
+it). glibc keeps freed heap in its per-thread arenas (FFmpeg's decoder threads, the pipeline's
+stage threads); the pipeline calls malloc_trim after every batch (engines/heap.py), without which
+a long job's peak grew with its length under glibc.
 
 Part 2, W+G: one real render at batch B, eager and optimised, each in its own process.
 """
@@ -54,6 +55,11 @@ def rss_mib() -> float:
     return _status_mib("VmRSS")
 
 
+def reset_peak_rss() -> None:
+    """Restart VmHWM from the current RSS (Linux: "5" to /proc/self/clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def stand_in_render(f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
     """(B, 3, 512, 512) float32 in [0, 1], a flat grey that follows x_d: render's output shape."""
     level = torch.sigmoid(x_d.float().mean(dim=(1, 2)))
@@ -67,8 +73,16 @@ def child_job(weights: Path, source: Path, driving: Path, out: Path, frame_batch
     animator = Animator(weights, "cpu", frame_batch=frame_batch, optimize=True)
     animator.model.render = stand_in_render
     loaded = peak_rss_mib()
+    reset_peak_rss()  # the job's own peak, not the model load's (optimize_for_inference's float64)
+    start = rss_mib()
     result = animator.animate(source, driving, out, AnimationOptions())
-    return {"frames": result.frames, "loaded_mib": loaded, "peak_mib": peak_rss_mib(), "end_mib": rss_mib()}
+    return {
+        "frames": result.frames,
+        "loaded_mib": loaded,
+        "start_mib": start,
+        "peak_mib": peak_rss_mib(),
+        "end_mib": rss_mib(),
+    }
 
 
 def child_render(weights: Path, batch: int, optimised: bool) -> dict:
@@ -115,7 +129,8 @@ def job_table(weights: Path, frames: list[int], frame_batch: int, allocators: di
     from engines.media import write_image, write_test_video
 
     table = Table(title=f"peak RSS of a whole job (child process, VmHWM), MiB: {STAND_IN}")
-    for column in ("allocator", "driving frames", "after model load", "peak", "RSS at end", "vs first"):
+    columns = ("allocator", "driving frames", "model load peak", "RSS at job start", "job peak", "RSS at end")
+    for column in (*columns, "vs first"):
         table.add_column(column, justify="right")
     verdicts = []
     with tempfile.TemporaryDirectory(prefix="lp-bench-memory-") as tmp:
@@ -136,7 +151,7 @@ def job_table(weights: Path, frames: list[int], frame_batch: int, allocators: di
                 r = run_child("--child", *args, str(frame_batch), preload=preload)
                 assert r["frames"] == n
                 peaks.append(r["peak_mib"])
-                cells = (r["loaded_mib"], r["peak_mib"], r["end_mib"])
+                cells = (r["loaded_mib"], r["start_mib"], r["peak_mib"], r["end_mib"])
                 table.add_row(allocator, str(n), *(f"{c:.0f}" for c in cells), f"{peaks[-1] / peaks[0]:.3f}")
             growth = max(peaks) / min(peaks) - 1
             flat = "flat within 10%" if growth <= 0.10 else "NOT flat within 10%"

@@ -47,6 +47,17 @@ from .networks.spade_generator import SPADE, SPADEResnetBlock, SpectralNormConv2
 
 Precision = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(name: str, device: str | torch.device) -> Precision:
+    """A precision setting made concrete: "auto" is fp16 on a CUDA device and fp32 elsewhere."""
+    if name == "auto":
+        return "fp16" if torch.device(device).type == "cuda" else "fp32"
+    if name not in DTYPES:
+        raise ValueError(f"precision must be auto or one of {sorted(DTYPES)}, not {name!r}")
+    return name  # type: ignore[return-value]
+
+
 Conv = nn.Conv2d | nn.Conv3d
 
 

@@ -167,6 +167,7 @@ class Animator:
         *,
         pipelined: bool = True,
         compose_on_device: bool | None = None,
+        cuda_graphs: bool = False,
         engine_cache_dir: Path | None = None,
     ) -> None:
         """backend: "torch", "onnxruntime", "tensorrt" or "auto" (TensorRT on a CUDA device that has
@@ -175,7 +176,8 @@ class Animator:
         tolerance); precision: "fp32", "bf16" or "fp16" (torch: autocast, with optimize only;
         default fp32; compiled backends default to fp16 on CUDA); pipelined: decode and crop ahead of
         inference, paste back and encode behind it, in their own threads; compose_on_device: crop
-        driving frames and paste back on the model's device (default: on CUDA)."""
+        driving frames and paste back on the model's device (default: on CUDA); cuda_graphs: with
+        optimize on CUDA, replay W+G from CUDA graphs captured per batch shape."""
         from .backends.select import load_backend, resolve_backend
 
         self.device = torch.device(device)
@@ -186,7 +188,9 @@ class Animator:
                 raise ValueError("precision other than fp32 needs optimize=True")
             model = LivePortraitModel.from_weights(Path(weights_dir), self.device)
             if optimize:
-                model = optimize_for_inference(model, precision=precision, copy_model=False)
+                model = optimize_for_inference(
+                    model, precision=precision, cuda_graphs=cuda_graphs, copy_model=False
+                )
         else:
             model = load_backend(
                 self.backend, Path(weights_dir), self.device, engine_cache_dir, precision=precision

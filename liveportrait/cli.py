@@ -16,6 +16,9 @@ from pydantic import ValidationError
 
 from .options import AnimationOptions
 
+if typing.TYPE_CHECKING:
+    from engines.pipeline import Animator
+
 SYNTHETIC_WARNING = (
     "Synthetic weights: the model runs the real computation with random parameters, so the output "
     "pixels are meaningless. Use `liveportrait weights download DIR` (or your own copy of the official "
@@ -85,16 +88,29 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _animator(args: argparse.Namespace) -> "Animator":
+    from engines.inference import resolve_precision
+    from engines.pipeline import Animator
+
+    device = _device(args.device)
+    return Animator(
+        _weights_dir(args),
+        device,
+        args.backend,
+        args.frame_batch,
+        args.detector,
+        optimize=args.optimize,
+        precision=resolve_precision(args.precision, device),
+        pipelined=args.pipelined,
+    )
+
+
 # --- subcommands ------------------------------------------------------------------------------
 
 
 def cmd_animate(args: argparse.Namespace) -> int:
-    from engines.pipeline import Animator
-
     options = options_from_args(args)
-    animator = Animator(
-        _weights_dir(args), _device(args.device), args.backend, args.frame_batch, args.detector
-    )
+    animator = _animator(args)
     update, stop = _progress_bar("animating")
     try:
         result = animator.animate(
@@ -129,9 +145,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_motion_extract(args: argparse.Namespace) -> int:
     from engines.motion_template import save_template
-    from engines.pipeline import Animator
 
-    animator = Animator(_weights_dir(args), _device(args.device), "torch", args.frame_batch, args.detector)
+    animator = _animator(args)
     template = animator.extract_motion(Path(args.driving), options_from_args(args))
     save_template(Path(args.output), template)
     print(f"wrote {args.output} ({template.exp.shape[0]} frames at {template.fps:g} fps)")
@@ -172,7 +187,30 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="official-layout weights directory (env LIVEPORTRAIT_WEIGHTS_DIR)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="torch")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        default="torch",
+        help="auto: TensorRT on a CUDA device that has it, else torch",
+    )
+    p.add_argument(
+        "--optimize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch: run the rewritten F, W and G of engines.inference (default: on)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="fp32",
+        help="arithmetic of F, W and G (auto: fp16 on CUDA); reduced precision needs --optimize",
+    )
+    p.add_argument(
+        "--pipelined",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode/crop and paste-back/encode in threads overlapping inference (default: on)",
+    )
     p.add_argument("--frame-batch", type=int, default=8, help="driving frames per W+G batch")
     p.add_argument("--detector", choices=["auto", "insightface", "haar"], default="auto")
 

@@ -92,7 +92,24 @@ class Settings(BaseSettings):
     # worker / engines
     weights_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
+        "torch",
+        description="Inference backend; auto: TensorRT on a CUDA device that has it, else torch. The "
+        "compiled backends export and build into engine_cache_dir on first use.",
+    )
+    optimize: bool = Field(
+        True,
+        description="torch backend: run the rewritten F, W and G of engines.inference (same outputs to "
+        "float32 rounding, faster) instead of the plain modules.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Arithmetic of F, W and G; auto: fp16 on CUDA, fp32 on CPU. Reduced precision needs "
+        "optimize (torch) and stays within 1e-2 relative L2 of float32.",
+    )
+    pipelined: bool = Field(
+        True, description="Decode and crop ahead of inference, paste back and encode behind it, in threads."
+    )
     engine_cache_dir: Path = Path(".liveportrait/engines")
     frame_batch: int = Field(8, ge=1, le=64)
     work_dir: Path | None = None

@@ -287,16 +287,22 @@ def _device(requested: str) -> str:
 
 def load_engine(settings: Settings) -> Engine:
     """Load the engines once: `engines.pipeline.Animator` with the configured weights and device."""
+    from engines.inference import resolve_precision
     from engines.media import Limits
     from engines.pipeline import AnimationCanceled, Animator
 
     if settings.weights_dir is None:
         raise SystemExit("set LIVEPORTRAIT_WEIGHTS_DIR to the weights bundle of the worker")
+    device = _device(settings.device)
     animator = Animator(
         settings.weights_dir,
-        device=_device(settings.device),
-        backend="torch" if settings.backend == "auto" else settings.backend,
+        device=device,
+        backend=settings.backend,
         frame_batch=settings.frame_batch,
+        optimize=settings.optimize,
+        precision=resolve_precision(settings.precision, device),
+        pipelined=settings.pipelined,
+        engine_cache_dir=settings.engine_cache_dir,
     )
     limits = Limits(
         max_pixels=max(settings.max_source_pixels, settings.max_driving_pixels),

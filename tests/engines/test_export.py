@@ -20,6 +20,7 @@ from engines.backends import BackendError
 from engines.backends.onnxruntime_backend import OnnxRuntimeModel
 from engines.backends.select import ensure_onnx_export, load_backend, resolve_backend
 from engines.cli_engines import add_engines_commands, cmd_build, cmd_export
+from engines.demo import write_demo_inputs
 from engines.export import (
     GRAPHS,
     MANIFEST_NAME,
@@ -31,7 +32,9 @@ from engines.export import (
 )
 from engines.model import LivePortraitModel, image_to_tensor
 from engines.onnx_check import check_graph
+from engines.pipeline import Animator
 from engines.weights import load_state_dicts
+from liveportrait.options import AnimationOptions
 
 from .golden_utils import assert_close_sampled, golden_export_dir, rel_l2
 
@@ -247,3 +250,15 @@ def test_cli_build_without_tensorrt(tmp_path, capsys):
     code = args.func(args)
     assert code in (1, 2)  # 2: TensorRT not installed; 1: installed, but tmp_path is no export
     assert "error:" in capsys.readouterr().err
+
+
+def test_animator_runs_a_compiled_backend_from_the_cache(fp32_dir, golden_weights, tmp_path):
+    digest = read_manifest(fp32_dir)["weights_hash"]
+    shutil.copytree(fp32_dir, tmp_path / "cache" / "onnx" / f"{digest[:16]}-fp32")
+    animator = Animator(golden_weights, "cpu", "onnxruntime", engine_cache_dir=tmp_path / "cache")
+    assert isinstance(animator.model, OnnxRuntimeModel) and animator.backend == "onnxruntime"
+    source, driving = write_demo_inputs(tmp_path, n_frames=1)
+    options = AnimationOptions(output_kind="crop", audio="none")
+    result = animator.animate(source, driving, tmp_path / "out.mp4", options)
+    assert (result.frames, result.width, result.height) == (1, 512, 512)
+    assert Animator(golden_weights, "cpu", "auto").backend == "torch"

@@ -22,6 +22,7 @@ from engines.inference import (
     flush_denormals,
     fold_batch_norm,
     optimize_for_inference,
+    resolve_precision,
     use_winograd,
 )
 from engines.keypoints import source_keypoints
@@ -249,3 +250,11 @@ def test_cuda_graphs_replay_equals_eager_render(golden, golden_model):
     expected = plain.render(f_s, x_s, x_d)
     for _ in range(2):  # capture, then replay
         assert_close(graphed.render(f_s, x_s, x_d).cpu().numpy(), expected.cpu().numpy(), "graphed", 1e-3)
+
+
+def test_resolve_precision():
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda") == "fp16"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("int8", "cpu")
