@@ -25,9 +25,11 @@ from engines.export import (
     GRAPHS,
     MANIFEST_NAME,
     MOTION_OUTPUTS,
+    cpu_has_native_float16,
     export_onnx,
     model_weights_hash,
     read_manifest,
+    trace_device,
     weights_hash,
 )
 from engines.model import LivePortraitModel, image_to_tensor
@@ -48,6 +50,12 @@ def fp32_dir(golden_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fp16_dir(golden_model, tmp_path_factory) -> Path:
+    if trace_device("fp16").type == "cpu" and not cpu_has_native_float16():
+        pytest.skip(
+            "no CUDA device and no native float16 on this CPU (AVX512-FP16/AMX-FP16): tracing the fp16 "
+            "islands would compute float16 convolutions on torch's reference path, for hours; these "
+            "tests run on the device machine and on CPUs with native float16"
+        )
     return golden_export_dir(golden_model, tmp_path_factory, "fp16")
 
 
