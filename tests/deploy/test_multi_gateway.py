@@ -30,16 +30,7 @@ from service.client import Client
 from service.settings import Settings
 from tests.conftest import free_port
 from tests.service.test_metrics import scrape, value
-from tests.worker.doubles import (
-    FakeAnimator,
-    FakeCanceled,
-    face_image,
-    moving_frames,
-    running_worker,
-    write_png,
-    write_video,
-)
-from worker.runner import Engine
+from tests.worker.doubles import FakeAnimator, fake_engine, running_worker, write_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "multi-gateway-key"
@@ -144,8 +135,7 @@ def test_e2e_two_gateways_one_worker_every_job_once(
         s3_bucket=s3_bucket,
         api_keys=[hashlib.sha256(API_KEY.encode()).hexdigest()],
     )
-    source = write_png(tmp_path / "face.png", face_image(96))
-    driving = write_video(tmp_path / "driving.mp4", moving_frames(FRAMES))
+    source, driving = write_inputs(tmp_path, FRAMES)
     files = {"source": ("face.png", source.read_bytes()), "driving": ("driving.mp4", driving.read_bytes())}
     auth = {"Authorization": f"Bearer {API_KEY}"}
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -153,7 +143,7 @@ def test_e2e_two_gateways_one_worker_every_job_once(
     with ExitStack() as stack:
         logs = [tmp_path / "gateway-a.log", tmp_path / "gateway-b.log"]
         gateways = stack.enter_context(gateway_processes(settings, logs))
-        worker = stack.enter_context(running_worker(settings, Engine(animator, canceled=(FakeCanceled,))))
+        worker = stack.enter_context(running_worker(settings, fake_engine(animator)))
         clients = [stack.enter_context(Client(gateway.url, API_KEY)) for gateway in gateways]
         http = [
             stack.enter_context(httpx.Client(base_url=gateway.url, headers=auth, timeout=30))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from service.settings import Settings
-from tests.worker.doubles import face_image, moving_frames, write_png, write_video
+from tests.worker.doubles import write_inputs
 
 FAST_RECOVERY: dict[str, Any] = {
     "worker_heartbeat_s": 1,
@@ -26,10 +26,8 @@ def media(tmp_path: Path) -> dict[str, Path]:
     """A face photo and a 16-frame 25 fps driving video."""
     folder = tmp_path / "media"
     folder.mkdir()
-    return {
-        "face": write_png(folder / "face.png", face_image(96)),
-        "driving": write_video(folder / "driving.mp4", moving_frames(16)),
-    }
+    face, driving = write_inputs(folder, 16)
+    return {"face": face, "driving": driving}
 
 
 @pytest.fixture

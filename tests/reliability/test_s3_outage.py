@@ -19,8 +19,7 @@ from service.queue import JobQueue, connect
 from service.settings import Settings
 from service.storage import S3Store, StorageUnavailable, make_store, put_with_retries
 from tests.reliability.harness import TcpProxy, s3_client, s3_keys, submit, wait_for_job, wait_until
-from tests.worker.doubles import FakeAnimator, FakeCanceled, running_worker
-from worker.runner import Engine
+from tests.worker.doubles import FakeAnimator, fake_engine, running_worker
 
 pytestmark = pytest.mark.slow
 
@@ -61,11 +60,6 @@ def wait_for_refusals(proxy: TcpProxy, count: int, what: str) -> None:
     wait_until(lambda: proxy.refused >= start + count, 20, what)
 
 
-def engine(frame_delay: float) -> Engine:
-    """The engine double."""
-    return Engine(FakeAnimator(frame_delay=frame_delay), canceled=(FakeCanceled,))
-
-
 def test_s3_outages_within_the_retry_window_are_ridden_out(
     s3_via_proxy: Callable[..., Settings],
     proxy: TcpProxy,
@@ -75,7 +69,7 @@ def test_s3_outages_within_the_retry_window_are_ridden_out(
     settings = s3_via_proxy(storage_retry_window_s=20)
     queue = JobQueue(connect(settings), settings)
     direct = make_store(settings.model_copy(update={"s3_endpoint_url": moto_endpoint}))
-    with running_worker(settings, engine(0.1)):
+    with running_worker(settings, fake_engine(FakeAnimator(frame_delay=0.1))):
         proxy.disable()
         job_id = submit(queue, direct, media["face"], media["driving"])
         wait_for_refusals(proxy, 3, "the worker to retry the input download")
@@ -101,7 +95,7 @@ def test_s3_outage_beyond_the_retry_window_fails_storage_unavailable(
     settings = s3_via_proxy(storage_retry_window_s=2)
     queue = JobQueue(connect(settings), settings)
     direct = make_store(settings.model_copy(update={"s3_endpoint_url": moto_endpoint}))
-    with running_worker(settings, engine(0.05)):
+    with running_worker(settings, fake_engine(FakeAnimator(frame_delay=0.05))):
         job_id = submit(queue, direct, media["face"], media["driving"])
         wait_for_job(queue, job_id, lambda r: r.frames_done >= 4)
         proxy.disable()

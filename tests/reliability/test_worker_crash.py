@@ -16,16 +16,19 @@ from pathlib import Path
 import av
 import pytest
 
-from service.queue import JobQueue, connect
+from service.queue import JobQueue
 from service.settings import Settings
-from service.storage import make_store
+from service.storage import Store
 from tests.reliability import harness
 from tests.reliability.harness import WorkerProcess, submit, wait_for_job, wait_until, worker_processes
+from tests.worker.doubles import queue_and_store
 
 pytestmark = pytest.mark.slow
 
 RENDER_DELAY_S = 0.25
 """Per-frame delay of the first worker, so that it is surely mid-job when it is killed."""
+
+S3Env = Callable[[int], tuple[Settings, JobQueue, Store]]
 
 
 def s3_keys(settings: Settings, prefix: str) -> list[str]:
@@ -52,6 +55,16 @@ def recovery_bound(settings: Settings) -> float:
     )
 
 
+def job_under_way(
+    spawn: Callable[..., WorkerProcess], queue: JobQueue, store: Store, media: dict[str, Path]
+) -> tuple[WorkerProcess, str]:
+    """Spawn a slow worker-a, submit a job and wait until worker-a rendered 4 of its frames."""
+    worker = spawn("worker-a", frame_delay=RENDER_DELAY_S)
+    job_id = submit(queue, store, media["face"], media["driving"])
+    wait_for_job(queue, job_id, lambda r: r.worker == worker.name and r.frames_done >= 4)
+    return worker, job_id
+
+
 def kill_mid_job(worker: WorkerProcess, queue: JobQueue, job_id: str) -> None:
     """SIGKILL `worker` once it rendered a few frames of the job."""
     wait_for_job(queue, job_id, lambda r: r.worker == worker.name and r.frames_done >= 2, timeout=30)
@@ -59,20 +72,22 @@ def kill_mid_job(worker: WorkerProcess, queue: JobQueue, job_id: str) -> None:
 
 
 @pytest.fixture
-def s3_settings(fast_settings: Callable[..., Settings], s3_bucket: str) -> Callable[..., Settings]:
-    """Fast-recovery settings on a fresh moto bucket."""
-    return lambda **overrides: fast_settings(storage_backend="s3", s3_bucket=s3_bucket, **overrides)
+def s3_env(fast_settings: Callable[..., Settings], s3_bucket: str) -> S3Env:
+    """`s3_env(job_retries)`: fast-recovery settings on a fresh moto bucket, their queue and their store."""
+
+    def build(job_retries: int) -> tuple[Settings, JobQueue, Store]:
+        settings = fast_settings(storage_backend="s3", s3_bucket=s3_bucket, job_retries=job_retries)
+        return settings, *queue_and_store(settings)
+
+    return build
 
 
 def test_killed_worker_job_is_requeued_and_finished_by_another_worker(
-    s3_settings: Callable[..., Settings], media: dict[str, Path], tmp_path: Path
+    s3_env: S3Env, media: dict[str, Path], tmp_path: Path
 ) -> None:
-    settings = s3_settings(job_retries=2)
-    queue, store = JobQueue(connect(settings), settings), make_store(settings)
+    settings, queue, store = s3_env(job_retries=2)
     with worker_processes(settings, tmp_path) as spawn:
-        first = spawn("worker-a", frame_delay=RENDER_DELAY_S)
-        job_id = submit(queue, store, media["face"], media["driving"])
-        wait_for_job(queue, job_id, lambda r: r.worker == first.name and r.frames_done >= 4)
+        first, job_id = job_under_way(spawn, queue, store, media)
         first.kill()
         killed_at = time.time()
         second = spawn("worker-b")
@@ -93,10 +108,9 @@ def test_killed_worker_job_is_requeued_and_finished_by_another_worker(
 
 
 def test_job_fails_worker_lost_once_retries_are_spent(
-    s3_settings: Callable[..., Settings], media: dict[str, Path], tmp_path: Path
+    s3_env: S3Env, media: dict[str, Path], tmp_path: Path
 ) -> None:
-    settings = s3_settings(job_retries=1)
-    queue, store = JobQueue(connect(settings), settings), make_store(settings)
+    settings, queue, store = s3_env(job_retries=1)
     with worker_processes(settings, tmp_path) as spawn:
         job_id = submit(queue, store, media["face"], media["driving"])
         for name in ("worker-a", "worker-b"):
@@ -110,14 +124,11 @@ def test_job_fails_worker_lost_once_retries_are_spent(
 
 
 def test_stalled_worker_cannot_overwrite_the_attempt_that_replaced_it(
-    s3_settings: Callable[..., Settings], media: dict[str, Path], tmp_path: Path
+    s3_env: S3Env, media: dict[str, Path], tmp_path: Path
 ) -> None:
-    settings = s3_settings(job_retries=2)
-    queue, store = JobQueue(connect(settings), settings), make_store(settings)
+    settings, queue, store = s3_env(job_retries=2)
     with worker_processes(settings, tmp_path) as spawn:
-        stalled = spawn("worker-a", frame_delay=RENDER_DELAY_S)
-        job_id = submit(queue, store, media["face"], media["driving"])
-        wait_for_job(queue, job_id, lambda r: r.worker == stalled.name and r.frames_done >= 4)
+        stalled, job_id = job_under_way(spawn, queue, store, media)
         stalled.signal(signal.SIGSTOP)
         replacement = spawn("worker-b")
         replaced = wait_for_job(queue, job_id, timeout=30)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from service.logs import configure_logging
 from service.settings import Settings
-from tests.worker.doubles import FakeAnimator, FakeCanceled
+from tests.worker import doubles
 from worker.runner import Engine
 from worker.worker import build_worker
 
@@ -30,7 +30,7 @@ DEFAULT_ENGINE = "tests.reliability.worker_entry:fake_engine"
 def fake_engine() -> Engine:
     """FakeAnimator taking LIVEPORTRAIT_TEST_FRAME_DELAY seconds per frame."""
     delay = float(os.environ.get(FRAME_DELAY_VARIABLE, "0"))
-    return Engine(animator=FakeAnimator(frame_delay=delay), canceled=(FakeCanceled,))
+    return doubles.fake_engine(doubles.FakeAnimator(frame_delay=delay))
 
 
 def engine_factory(spec: str) -> Callable[[], Engine]:

@@ -21,7 +21,7 @@ import pytest
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from tests.conftest import free_port
-from tests.worker.doubles import face_image, moving_frames, write_png, write_video
+from tests.worker.doubles import write_inputs
 
 KEY, OTHER_KEY = "test-key-one", "test-key-two"
 LIMIT = 2 * 1024 * 1024
@@ -65,8 +65,7 @@ def gw(
     settings = make_settings(
         api_keys=[digest(KEY), digest(OTHER_KEY)], max_request_bytes=LIMIT, max_input_bytes=LIMIT // 2
     )
-    face = write_png(tmp_path / "face.png", face_image(96)).read_bytes()
-    driving = write_video(tmp_path / "driving.mp4", moving_frames(8)).read_bytes()
+    face, driving = (path.read_bytes() for path in write_inputs(tmp_path))
     return Gw(gateway_server(settings), settings, JobQueue(connect(settings), settings), face, driving)
 
 

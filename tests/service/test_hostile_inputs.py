@@ -36,15 +36,13 @@ from service.media import MediaLimits, MediaRejected, inspect_media
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from tests.worker.doubles import (
-    FakeAnimator,
-    FakeCanceled,
     face_image,
+    fake_engine,
     moving_frames,
     running_worker,
     write_png,
     write_video,
 )
-from worker.runner import Engine
 
 KEY = "hostile-test-key"
 LIMIT = 2 * 1024 * 1024
@@ -431,14 +429,13 @@ def test_undecidable_inputs_fail_the_job_with_a_code_and_the_worker_goes_on(
     blank.write_bytes(media.blank_png)
     face.write_bytes(media.face_png)
     driving.write_bytes(media.driving)
-    engine = Engine(FakeAnimator(), canceled=(FakeCanceled,))
     cases = [
         ((blank, driving), "no_face"),
         ((f"{base}/face.png", f"{base}/motion.pkl"), "unsupported_media"),
         ((f"{base}/photo.jpg", f"{base}/driving.mp4"), "unsupported_media"),
         ((f"{base}/missing.png", f"{base}/driving.mp4"), "fetch_failed"),
     ]
-    with running_worker(settings, engine), Client(url, KEY) as client:
+    with running_worker(settings, fake_engine()), Client(url, KEY) as client:
         for (source, drive), code in cases:
             failed = client.wait(client.submit(source, drive).id, timeout=30, poll_s=0.05)
             assert failed.status == "failed" and failed.error is not None, failed

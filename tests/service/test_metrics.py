@@ -28,16 +28,7 @@ from service.client import Client
 from service.metrics import HISTOGRAMS, RedisMetricsCollector
 from service.queue import JobQueue, connect
 from service.settings import Settings
-from tests.worker.doubles import (
-    FakeAnimator,
-    FakeCanceled,
-    face_image,
-    moving_frames,
-    running_worker,
-    write_png,
-    write_video,
-)
-from worker.runner import Engine
+from tests.worker.doubles import FakeAnimator, fake_engine, running_worker, write_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES = 8
@@ -103,9 +94,8 @@ def test_a_job_is_counted_timed_and_its_frames_counted(
 ) -> None:
     settings = make_settings()
     url = gateway_server(settings)
-    source = write_png(tmp_path / "face.png", face_image(96))
-    driving = write_video(tmp_path / "driving.mp4", moving_frames(FRAMES))
-    engine = Engine(FakeAnimator(frame_delay=0.02), canceled=(FakeCanceled,))
+    source, driving = write_inputs(tmp_path, FRAMES)
+    engine = fake_engine(FakeAnimator(frame_delay=0.02))
     with running_worker(settings, engine) as worker, Client(url) as client:
         before, types_ = scrape(url)
         job = client.wait(client.submit(source, driving).id, timeout=60, poll_s=0.05)

@@ -23,16 +23,7 @@ from service.logs import configure_logging
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from service.tracing import TraceContext, job_log_fields, parse_traceparent, trace_id_of
-from tests.worker.doubles import (
-    FakeAnimator,
-    FakeCanceled,
-    face_image,
-    moving_frames,
-    running_worker,
-    write_png,
-    write_video,
-)
-from worker.runner import Engine
+from tests.worker.doubles import fake_engine, running_worker, write_inputs
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -108,12 +99,9 @@ def test_e2e_traceparent_reaches_worker_logs_and_status(
 ) -> None:
     settings = make_settings()
     url = gateway_server(settings)
-    files = {
-        "source": ("face.png", write_png(tmp_path / "face.png", face_image(96)).read_bytes()),
-        "driving": ("driving.mp4", write_video(tmp_path / "driving.mp4", moving_frames(4)).read_bytes()),
-    }
-    engine = Engine(FakeAnimator(), canceled=(FakeCanceled,))
-    with running_worker(settings, engine), httpx.Client(base_url=url, timeout=10) as http:
+    source, driving = write_inputs(tmp_path, 4)
+    files = {"source": ("face.png", source.read_bytes()), "driving": ("driving.mp4", driving.read_bytes())}
+    with running_worker(settings, fake_engine()), httpx.Client(base_url=url, timeout=10) as http:
         traced = http.post("/v1/jobs", files=files, headers={"traceparent": HEADER, "X-Request-ID": "req-1"})
         fresh = http.post("/v1/jobs", files=files)
         invalid = http.post("/v1/jobs", files=files, headers={"traceparent": f"ff-{TRACE}-{PARENT}-01"})

@@ -1,4 +1,4 @@
-"""Test doubles and helpers (media, a worker thread) for the worker and end-to-end tests.
+"""Test doubles and helpers (media, an engine, a queue and store, a worker thread) for worker and e2e tests.
 
 `FakeAnimator` stands in for the GPU engine (engines.pipeline.Animator): same `animate`
 signature, real media in and out (it decodes the inputs and writes a real H.264 MP4 with PyAV,
@@ -22,7 +22,9 @@ import av
 import numpy as np
 
 from liveportrait.options import AnimationOptions
+from service.queue import JobQueue, connect
 from service.settings import Settings
+from service.storage import Store, make_store
 from worker.runner import Engine
 from worker.worker import AnimationWorker, build_worker
 
@@ -108,6 +110,19 @@ def face_image(size: int = 128) -> np.ndarray:
     return np.ascontiguousarray(rgb[::step, ::step][:size, :size])
 
 
+def write_inputs(folder: Path, frames: int = 8) -> tuple[Path, Path]:
+    """A 96-pixel face photo `folder`/face.png and a 25 fps driving video `folder`/driving.mp4."""
+    return (
+        write_png(folder / "face.png", face_image(96)),
+        write_video(folder / "driving.mp4", moving_frames(frames)),
+    )
+
+
+def queue_and_store(settings: Settings) -> tuple[JobQueue, Store]:
+    """The job queue on the settings' Redis and the settings' store."""
+    return JobQueue(connect(settings), settings), make_store(settings)
+
+
 class FakeAnimator:
     """The engine's test double; see the module docstring."""
 
@@ -161,6 +176,11 @@ class FakeAnimator:
         return FakeResult(output=Path(output), frames=total, fps=fps)
 
 
+def fake_engine(animator: FakeAnimator | None = None) -> Engine:
+    """An Engine driving `animator` (a default FakeAnimator if none), canceled by FakeCanceled."""
+    return Engine(animator if animator is not None else FakeAnimator(), canceled=(FakeCanceled,))
+
+
 @contextmanager
 def running_worker(settings: Settings, engine: Engine) -> Iterator[AnimationWorker]:
     """A worker thread on the settings' queues; stopped (warm) at exit."""
@@ -177,6 +197,5 @@ def running_worker(settings: Settings, engine: Engine) -> Iterator[AnimationWork
 
 def run_worker_process() -> None:
     """Entry point of a worker subprocess running FakeAnimator (settings from the environment)."""
-    delay = float(os.environ.get("FAKE_FRAME_DELAY", "0"))
-    engine = Engine(animator=FakeAnimator(frame_delay=delay), canceled=(FakeCanceled,))
-    build_worker(Settings(), engine, idle_poll_s=1).work(logging_level="WARNING")
+    animator = FakeAnimator(frame_delay=float(os.environ.get("FAKE_FRAME_DELAY", "0")))
+    build_worker(Settings(), fake_engine(animator), idle_poll_s=1).work(logging_level="WARNING")

@@ -23,10 +23,9 @@ from service.contract import Job
 from service.settings import Settings
 from tests.worker.doubles import (
     FakeAnimator,
-    FakeCanceled,
-    face_image,
-    moving_frames,
+    fake_engine,
     running_worker,
+    write_inputs,
     write_png,
     write_video,
 )
@@ -42,14 +41,18 @@ def read_video(path: Path) -> tuple[int, float]:
         return sum(1 for _ in container.decode(video=0)), fps
 
 
-def e2e_settings(
-    make_settings: Callable[..., Settings], storage: str, request: pytest.FixtureRequest
-) -> Settings:
-    """Settings with an API key and the chosen store (a fresh moto bucket for s3)."""
+@pytest.fixture(params=["s3", "local"])
+def e2e_gateway(
+    make_settings: Callable[..., Settings],
+    gateway_server: Callable[[Settings], str],
+    request: pytest.FixtureRequest,
+) -> tuple[Settings, str]:
+    """Settings with an API key and each store in turn (a fresh moto bucket for s3), and a gateway's URL."""
     extra = {}
-    if storage == "s3":
+    if request.param == "s3":
         extra = {"storage_backend": "s3", "s3_bucket": request.getfixturevalue("s3_bucket")}
-    return make_settings(api_keys=[hashlib.sha256(API_KEY.encode()).hexdigest()], **extra)
+    settings = make_settings(api_keys=[hashlib.sha256(API_KEY.encode()).hexdigest()], **extra)
+    return settings, gateway_server(settings)
 
 
 def run_job(
@@ -75,19 +78,10 @@ def assert_progress_grew(reports: list[Job], total: int, *, strict: bool) -> Non
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("storage", ["s3", "local"])
-def test_e2e_fake_animator(
-    storage: str,
-    make_settings: Callable[..., Settings],
-    gateway_server: Callable[[Settings], str],
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-) -> None:
-    settings = e2e_settings(make_settings, storage, request)
-    url = gateway_server(settings)
-    source = write_png(tmp_path / "face.png", face_image(96))
-    driving = write_video(tmp_path / "driving.mp4", moving_frames(8))
-    engine = Engine(FakeAnimator(frame_delay=0.04), canceled=(FakeCanceled,))
+def test_e2e_fake_animator(e2e_gateway: tuple[Settings, str], tmp_path: Path) -> None:
+    settings, url = e2e_gateway
+    source, driving = write_inputs(tmp_path)
+    engine = fake_engine(FakeAnimator(frame_delay=0.04))
     with running_worker(settings, engine), Client(url, API_KEY) as client:
         multipart, reports = run_job(client, source, driving, tmp_path / "a.mp4", options={"crf": 23})
         direct, _ = run_job(client, source, driving, tmp_path / "b.mp4", direct_upload=True, filename="b.mp4")
@@ -98,7 +92,7 @@ def test_e2e_fake_animator(
         assert (job.result.frames, job.result.fps, job.result.content_type) == (8, 25.0, "video/mp4")
         assert read_video(path) == (8, 25.0)
         assert job.started_at is not None and job.finished_at is not None and job.attempts == 1
-    if storage == "s3":
+    if settings.storage_backend == "s3":
         assert result.status_code == 302 and result.headers["location"].startswith(settings.s3_endpoint_url)
     else:
         assert result.status_code == 200 and result.headers["content-type"] == "video/mp4"
@@ -120,11 +114,9 @@ def test_e2e_cancel_running_and_no_face_over_http(
 ) -> None:
     settings = make_settings()
     url = gateway_server(settings)
-    face = write_png(tmp_path / "face.png", face_image(96))
+    face, driving = write_inputs(tmp_path)
     blank = write_png(tmp_path / "blank.png", np.zeros((96, 96, 3), np.uint8))
-    driving = write_video(tmp_path / "driving.mp4", moving_frames(8))
-    engine = Engine(FakeAnimator(frame_delay=0.1), canceled=(FakeCanceled,))
-    with running_worker(settings, engine), Client(url) as client:
+    with running_worker(settings, fake_engine(FakeAnimator(frame_delay=0.1))), Client(url) as client:
         job = client.submit(face, driving)
         deadline = time.monotonic() + 20
         while client.status(job.id).progress.frames_done < 2:
@@ -153,21 +145,26 @@ def real_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return load_engine(Settings(weights_dir=weights, device=device, backend="torch", frame_batch=2))
 
 
+def test_the_worker_engine_follows_the_settings(real_engine: Engine, tmp_path: Path) -> None:
+    """Defaults: the optimised model, pipelined stages; LIVEPORTRAIT_OPTIMIZE / _PIPELINED turn them off."""
+    from engines.inference import InferenceModel
+    from engines.model import LivePortraitModel
+    from engines.weights import write_synthetic_bundle
+    from worker.worker import load_engine
+
+    assert isinstance(real_engine.animator.model, InferenceModel) and real_engine.animator.pipelined
+    weights = write_synthetic_bundle(tmp_path / "weights", 0)
+    settings = Settings(weights_dir=weights, device="cpu", optimize=False, pipelined=False)
+    plain = load_engine(settings).animator
+    assert type(plain.model) is LivePortraitModel and not plain.pipelined and plain.backend == "torch"
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", ["s3", "local"])
-def test_e2e_real_animator(
-    storage: str,
-    real_engine: Engine,
-    make_settings: Callable[..., Settings],
-    gateway_server: Callable[[Settings], str],
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-) -> None:
+def test_e2e_real_animator(real_engine: Engine, e2e_gateway: tuple[Settings, str], tmp_path: Path) -> None:
     from engines.demo import head_motion_frames, portrait
 
-    settings = e2e_settings(make_settings, storage, request)
-    url = gateway_server(settings)
+    settings, url = e2e_gateway
     source = write_png(tmp_path / "astronaut.png", portrait())
     # few frames: each costs W + G (~1.25 TFLOP) on this CPU; frame_batch 2 makes progress visible
     driving = write_video(tmp_path / "driving.mp4", list(head_motion_frames(portrait(), 4)), fps=25)

@@ -25,20 +25,19 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from service.contract import InputLocation, JobPayload
-from service.queue import JobQueue, JobRecord, connect
+from service.queue import JobQueue, JobRecord
 from service.settings import Settings
-from service.storage import Store, make_store
+from service.storage import Store
 from tests.worker.doubles import (
     FakeAnimator,
-    FakeCanceled,
-    face_image,
-    moving_frames,
+    fake_engine,
+    queue_and_store,
     running_worker,
+    write_inputs,
     write_png,
-    write_video,
 )
 from worker import runner as runner_module
-from worker.runner import Engine, JobRunner
+from worker.runner import JobRunner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,10 +47,11 @@ def media(tmp_path: Path) -> dict[str, Path]:
     """A face photo, a blank photo, an 8-frame 25 fps driving video and a text file."""
     folder = tmp_path / "media"
     folder.mkdir()
+    face, driving = write_inputs(folder)
     return {
-        "face": write_png(folder / "face.png", face_image(96)),
+        "face": face,
         "blank": write_png(folder / "blank.png", np.full((96, 96, 3), 127, np.uint8)),
-        "driving": write_video(folder / "driving.mp4", moving_frames(8)),
+        "driving": driving,
         "text": _write(folder / "notes.txt", b"just some text, no media here\n" * 4),
     }
 
@@ -106,12 +106,12 @@ def finished(record: JobRecord) -> bool:
 def env(make_settings: Callable[..., Settings]) -> tuple[Settings, JobQueue, Store]:
     """Settings, a queue and a local store for one test."""
     settings = make_settings()
-    return settings, JobQueue(connect(settings), settings), make_store(settings)
+    return settings, *queue_and_store(settings)
 
 
 def test_job_succeeds_with_progress_json_payload_and_cleanup(env: Any, media: dict[str, Path]) -> None:
     settings, queue, store = env
-    engine = Engine(FakeAnimator(frame_delay=0.03), canceled=(FakeCanceled,))
+    engine = fake_engine(FakeAnimator(frame_delay=0.03))
     job_id = submit(queue, store, media["face"], media["driving"])
     raw = queue.redis.hget(f"rq:job:{job_id}", "data")
     assert raw is not None and not raw.startswith(b"\x80"), "RQ job data must not be a pickle"
@@ -142,14 +142,14 @@ def test_high_priority_runs_first(env: Any, media: dict[str, Path]) -> None:
     low = submit(queue, store, media["face"], media["driving"], priority="low")
     high = submit(queue, store, media["face"], media["driving"], priority="high")
     assert queue.depths() == {"high": 1, "default": 0, "low": 1}
-    with running_worker(settings, Engine(FakeAnimator(), canceled=(FakeCanceled,))):
+    with running_worker(settings, fake_engine()):
         records = [wait_for(queue, job_id, finished) for job_id in (low, high)]
     assert records[1].started_at < records[0].started_at
 
 
 def test_cancel_running_job_between_batches(env: Any, media: dict[str, Path]) -> None:
     settings, queue, store = env
-    engine = Engine(FakeAnimator(frame_delay=0.1), canceled=(FakeCanceled,))
+    engine = fake_engine(FakeAnimator(frame_delay=0.1))
     with running_worker(settings, engine):
         job_id = submit(queue, store, media["face"], media["driving"])
         wait_for(queue, job_id, lambda r: r.frames_done >= 2)
@@ -162,7 +162,7 @@ def test_cancel_running_job_between_batches(env: Any, media: dict[str, Path]) ->
 
 def test_no_face_fails_with_its_code_and_the_worker_stays_up(env: Any, media: dict[str, Path]) -> None:
     settings, queue, store = env
-    with running_worker(settings, Engine(FakeAnimator(), canceled=(FakeCanceled,))) as worker:
+    with running_worker(settings, fake_engine()) as worker:
         bad = submit(queue, store, media["blank"], media["driving"])
         failed = wait_for(queue, bad, finished)
         good = submit(queue, store, media["face"], media["driving"])
@@ -175,7 +175,7 @@ def test_no_face_fails_with_its_code_and_the_worker_stays_up(env: Any, media: di
 
 def test_bad_inputs_fail_with_clear_codes(env: Any, media: dict[str, Path]) -> None:
     settings, queue, store = env
-    with running_worker(settings, Engine(FakeAnimator(), canceled=(FakeCanceled,))):
+    with running_worker(settings, fake_engine()):
         not_media = submit(queue, store, media["face"], media["text"])
         private_url = submit(queue, store, "http://127.0.0.1:9/face.png", media["driving"])
         records = [wait_for(queue, job_id, finished) for job_id in (not_media, private_url)]
@@ -189,9 +189,9 @@ def test_internal_error_is_retried_after_the_backoff(
     make_settings: Callable[..., Settings], media: dict[str, Path]
 ) -> None:
     settings = make_settings(job_retries=1, retry_backoff_s=[1])
-    queue, store = JobQueue(connect(settings), settings), make_store(settings)
+    queue, store = queue_and_store(settings)
     animator = FakeAnimator(fail_times=1)
-    with running_worker(settings, Engine(animator, canceled=(FakeCanceled,))):
+    with running_worker(settings, fake_engine(animator)):
         job_id = submit(queue, store, media["face"], media["driving"])
         record = wait_for(queue, job_id, finished)
     assert record.status == "succeeded" and record.attempts == 2 and animator.calls == 2
@@ -199,7 +199,7 @@ def test_internal_error_is_retried_after_the_backoff(
 
 def test_internal_error_on_the_last_attempt_fails_the_job(env: Any, media: dict[str, Path]) -> None:
     settings, queue, store = env
-    with running_worker(settings, Engine(FakeAnimator(fail_times=1), canceled=(FakeCanceled,))) as worker:
+    with running_worker(settings, fake_engine(FakeAnimator(fail_times=1))) as worker:
         crashed = submit(queue, store, media["face"], media["driving"])
         record = wait_for(queue, crashed, finished)
         after = wait_for(queue, submit(queue, store, media["face"], media["driving"]), finished)
@@ -212,14 +212,14 @@ def test_url_inputs_are_fetched_over_http(
     make_settings: Callable[..., Settings], media: dict[str, Path]
 ) -> None:
     settings = make_settings(allow_private_urls=True)
-    queue, store = JobQueue(connect(settings), settings), make_store(settings)
+    queue, store = queue_and_store(settings)
     handler = partial(SimpleHTTPRequestHandler, directory=str(media["face"].parent))
     handler.log_message = lambda *args: None  # type: ignore[attr-defined]
     with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_address[1]}"
         try:
-            with running_worker(settings, Engine(FakeAnimator(), canceled=(FakeCanceled,))):
+            with running_worker(settings, fake_engine()):
                 ok = submit(queue, store, f"{base}/face.png", f"{base}/driving.mp4")
                 missing = submit(queue, store, f"{base}/nothing.png", f"{base}/driving.mp4")
                 records = [wait_for(queue, job_id, finished) for job_id in (ok, missing)]
@@ -233,7 +233,7 @@ def test_abandoned_job_is_failed_by_the_failure_callback(env: Any, media: dict[s
     settings, queue, store = env
     job_id = submit(queue, store, media["face"], media["driving"])
     assert queue.claim(job_id, "a-worker-that-dies") == "running"
-    job_runner = JobRunner(settings=settings, queue=queue, store=store, engine=Engine(FakeAnimator(), ()))
+    job_runner = JobRunner(settings=settings, queue=queue, store=store, engine=fake_engine())
     runner_module.register(job_runner)
     try:
         rq_job = RQJob.fetch(job_id, connection=queue.redis, serializer=JSONSerializer)
@@ -246,7 +246,7 @@ def test_abandoned_job_is_failed_by_the_failure_callback(env: Any, media: dict[s
 
 def test_sigterm_is_a_warm_shutdown(make_settings: Callable[..., Settings], media: dict[str, Path]) -> None:
     settings = make_settings()
-    queue, store = JobQueue(connect(settings), settings), make_store(settings)
+    queue, store = queue_and_store(settings)
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -276,9 +276,9 @@ def test_heartbeats_keep_a_long_job_alive(
     make_settings: Callable[..., Settings], media: dict[str, Path]
 ) -> None:
     settings = make_settings(worker_heartbeat_s=1)
-    queue, store = JobQueue(connect(settings), settings), make_store(settings)
+    queue, store = queue_and_store(settings)
     wip = f"rq:wip:{settings.queue_prefix}-default"
-    with running_worker(settings, Engine(FakeAnimator(frame_delay=0.3), canceled=(FakeCanceled,))):
+    with running_worker(settings, fake_engine(FakeAnimator(frame_delay=0.3))):
         job_id = submit(queue, store, media["face"], media["driving"])
         wait_for(queue, job_id, lambda r: r.status == "running")
         time.sleep(0.2)
