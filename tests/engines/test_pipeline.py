@@ -250,16 +250,18 @@ def test_an_encoder_failure_fails_the_job_and_leaves_no_file(
 @pytest.mark.parametrize("pipelined", [False, True])
 def test_cancel_between_batches_stops_the_pipelined_job(tmp_path, stand_in_animator, inputs, pipelined):
     source, driving = inputs
-    progress = []
+    animator, rendered = stand_in_animator(pipelined=pipelined), []
+
+    def render(*args: torch.Tensor) -> torch.Tensor:
+        rendered.append(len(args[2]))
+        return stand_in_render(*args)
+
+    animator.model.render = render
     with pytest.raises(AnimationCanceled):
-        stand_in_animator(pipelined=pipelined).animate(
-            source,
-            driving,
-            tmp_path / "out.mp4",
-            AnimationOptions(),
-            progress=lambda done, total: progress.append(done),
-            should_cancel=lambda: bool(progress),
+        animator.animate(
+            source, driving, tmp_path / "out.mp4", AnimationOptions(), should_cancel=lambda: bool(rendered)
         )
+    assert rendered == [2]  # canceled at the check after the first batch
     assert list(tmp_path.iterdir()) == []
     stages = ("encode", "source-crop", "driving-decode")
     assert not [t for t in threading.enumerate() if t.name in stages]
