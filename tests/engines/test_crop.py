@@ -24,17 +24,9 @@ from engines.crop import (
 )
 from engines.model import image_to_tensor
 
+from .devices import DEVICES
+
 ASTRONAUT_PATH = Path(__file__).parents[2] / "engines" / "data" / "astronaut.jpg"
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(
-            not torch.cuda.is_available(),
-            reason="no CUDA device here: the GPU path runs the same test on the device machine",
-        ),
-    ),
-]
 
 EYES = {106: ([33, 35, 40, 39], [87, 89, 94, 93]), 203: ([0, 6, 12, 18], [24, 30, 36, 42])}
 LIPS = {106: (52, 61), 203: (48, 66)}

@@ -12,16 +12,7 @@ from engines.crop import CropBox, crop_image, crop_transform
 from engines.model import to_uint8_frames
 from engines.pasteback import mask_template, paste_back, paste_back_frames, warp_mask
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(
-            not torch.cuda.is_available(),
-            reason="no CUDA device here: the GPU path runs the same test on the device machine",
-        ),
-    ),
-]
+from .devices import DEVICES
 
 
 def max_grey_diff(a: np.ndarray, b: np.ndarray) -> int:
