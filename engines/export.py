@@ -331,6 +331,14 @@ def export_onnx(
     paths: dict[str, Path] = {}
     graphs: dict[str, object] = {}
     device = trace_device(precision)
+    if precision == "fp16" and device.type == "cpu" and not cpu_has_native_float16():
+        warnings.warn(
+            "tracing an fp16 export on a CPU without native float16 (AVX512-FP16/AMX-FP16) and no CUDA "
+            "device: its float16 convolutions run on torch's reference path and the export takes hours; "
+            "export on a GPU machine instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     for name, module in export_modules(model, precision).items():
         spec = GRAPHS[name]
         path = out_dir / spec.filename
