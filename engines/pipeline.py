@@ -137,6 +137,11 @@ def _driving_crops(frames: Iterable[np.ndarray], M_o2c: np.ndarray | None) -> It
         yield cv2.resize(frame, (512, 512)) if M_o2c is None else crop_image(frame, M_o2c)
 
 
+def _upload(frames: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """(B, H, W, 3) uint8 tensor on `device` from B equal-sized (H, W, 3) uint8 frames."""
+    return torch.from_numpy(np.stack(frames)).to(device)
+
+
 def _host_frames(frames: list[np.ndarray] | torch.Tensor) -> Iterable[np.ndarray]:
     """(H, W, 3) uint8 arrays in host memory of a list of them or of a (B, H, W, 3) tensor."""
     return frames.cpu().numpy() if isinstance(frames, torch.Tensor) else frames
@@ -310,7 +315,7 @@ class Animator:
                 for batch in batches:
                     if should_cancel is not None and should_cancel():
                         raise AnimationCanceled
-                    crops = crop_frames(self._upload(batch), M_o2c) if on_device else batch
+                    crops = crop_frames(_upload(batch, self.device), M_o2c) if on_device else batch
                     infos.append(self.model.extract_motion(self._network_input(crops)))
                     for crop in _host_frames(crops) if want_ratios else ():
                         face = self.analyzer.landmarks(crop, face)
@@ -333,10 +338,6 @@ class Animator:
             source_name=Path(driving).name,
         )
         return template
-
-    def _upload(self, frames: list[np.ndarray]) -> torch.Tensor:
-        """(B, H, W, 3) uint8 tensor on the model's device from B equal-sized (H, W, 3) frames."""
-        return torch.from_numpy(np.stack(frames)).to(self.device)
 
     def _template_motion(self, template: MotionTemplate) -> DrivingMotion:
         t = {
@@ -607,7 +608,7 @@ class _FrameSink:
             if self._original is None or self._original[0] is not crops[0]:
                 self._original = (crops[0], torch.from_numpy(crops[0].frame).to(self.device))
             return paste_back_frames(images, crops[0].M_c2o, self._original[1])
-        originals = torch.from_numpy(np.stack([c.frame for c in crops])).to(self.device)
+        originals = _upload([c.frame for c in crops], self.device)
         return paste_back_frames(images, np.stack([c.M_c2o for c in crops]), originals)
 
     def _encode(self, item: tuple[torch.Tensor, list[SourceCrop]]) -> None:
