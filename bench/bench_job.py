@@ -10,7 +10,7 @@ transfer -> W+G -> paste-back -> H.264 encode. The source is the bundled portrai
 
 - eager fp32, sequential: the baseline, the plain modules with every stage in turn on one thread,
   paste-back on the CPU;
-- optimised, sequential: engines.inference's model at --precision, stages still in turn;
+- optimised, sequential: engines.acceleration.inference's model at --precision, stages still in turn;
 - optimised, pipelined: the same model with decode ahead of and paste-back + encode behind the
   inference loop in their own threads, and on CUDA the paste-back on the GPU.
 
@@ -27,10 +27,10 @@ import cv2
 import torch
 from rich.table import Table
 
+from common.options import AnimationOptions
 from engines.demo import head_motion_frames, portrait
 from engines.media import write_image, write_test_video
 from engines.pipeline import Animator
-from liveportrait.options import AnimationOptions
 
 from ._common import console, median, print_machine, sync, weights_dir
 

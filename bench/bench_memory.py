@@ -67,8 +67,8 @@ def stand_in_render(f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> 
 
 
 def child_job(weights: Path, source: Path, driving: Path, out: Path, frame_batch: int) -> dict:
+    from common.options import AnimationOptions
     from engines.pipeline import Animator
-    from liveportrait.options import AnimationOptions
 
     animator = Animator(weights, "cpu", frame_batch=frame_batch, optimize=True)
     animator.model.render = stand_in_render
@@ -86,7 +86,7 @@ def child_job(weights: Path, source: Path, driving: Path, out: Path, frame_batch
 
 
 def child_render(weights: Path, batch: int, optimised: bool) -> dict:
-    from engines.inference import optimize_for_inference
+    from engines.acceleration.inference import optimize_for_inference
     from engines.model import LivePortraitModel
 
     model = LivePortraitModel.from_weights(weights)

@@ -1,4 +1,4 @@
-"""Per-module ms/frame: eager float32 LivePortraitModel against engines.inference, in one run.
+"""Per-module ms/frame: eager float32 LivePortraitModel against engines.acceleration.inference, in one run.
 
     .venv/bin/python -m bench.bench_modules                    # CPU, batch 1 and 2 (~5 min on 2 cores)
     .venv/bin/python -m bench.bench_modules --batch 1 4 --repeats 5
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from rich.table import Table
 
+from common.options import AnimationOptions
+from engines.acceleration.inference import optimize_for_inference
 from engines.demo import head_motion_frames, portrait
-from engines.inference import optimize_for_inference
-from engines.keypoints import source_keypoints
 from engines.model import LivePortraitModel, image_to_tensor, to_uint8_frames
-from engines.motion_transfer import DrivingMotion, MotionTransfer, SourceMotion
-from liveportrait.options import AnimationOptions
+from engines.motion.keypoints import source_keypoints
+from engines.motion.transfer import DrivingMotion, MotionTransfer, SourceMotion
 
 from ._common import console, interleaved, median, print_machine, rel_l2, sync, weights_dir
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .media import read_image, write_test_video
+from engines.media import read_image, write_test_video
 
 PORTRAIT = Path(__file__).parent / "data" / "astronaut.jpg"
 FACE_CENTER = (225.0, 115.0)  # the astronaut's face in the 512x512 portrait

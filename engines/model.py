@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .keypoints import NUM_KP, MotionInfo
-from .networks import (
+from engines.motion.keypoints import NUM_KP, MotionInfo
+from engines.networks import (
     AppearanceFeatureExtractor,
     MotionExtractor,
     SPADEDecoder,
@@ -15,7 +15,7 @@ from .networks import (
     lip_network,
     stitching_network,
 )
-from .weights import load_state_dicts
+from engines.weights import load_state_dicts
 
 
 class LivePortraitModel(nn.Module):

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import torch
 
-from liveportrait.options import AnimationOptions
-
-from .crop import (
+from common.options import AnimationOptions
+from engines.acceleration.inference import Precision, optimize_for_inference
+from engines.face.crop import (
     crop_box_from_face_box,
     crop_box_from_landmarks,
     crop_frames,
@@ -29,18 +29,17 @@ from .crop import (
     driving_global_box,
     to_network_input_frames,
 )
-from .crop import to_network_input as resize_to_network
-from .detection import Face, FaceAnalyzer, LandmarksRequired, load_analyzer
-from .heap import release_free_memory
-from .inference import Precision, optimize_for_inference
-from .keypoints import MotionInfo, source_keypoints
-from .media import Limits, MediaError, VideoReader, VideoWriter, probe, read_image, write_image
-from .model import LivePortraitModel, image_to_tensor, to_uint8_frames
-from .motion_template import MotionTemplate, is_motion_template, load_motion_template
-from .motion_transfer import DrivingMotion, MotionTransfer, SourceMotion, smooth_video_motion
-from .pasteback import paste_back, paste_back_frames
-from .ratios import eye_open_ratio, lip_open_ratio
-from .stages import Ahead, Behind
+from engines.face.crop import to_network_input as resize_to_network
+from engines.face.detection import Face, FaceAnalyzer, LandmarksRequired, load_analyzer
+from engines.face.pasteback import paste_back, paste_back_frames
+from engines.face.ratios import eye_open_ratio, lip_open_ratio
+from engines.heap import release_free_memory
+from engines.media import Limits, MediaError, VideoReader, VideoWriter, probe, read_image, write_image
+from engines.model import LivePortraitModel, image_to_tensor, to_uint8_frames
+from engines.motion.keypoints import MotionInfo, source_keypoints
+from engines.motion.template import MotionTemplate, is_motion_template, load_motion_template
+from engines.motion.transfer import DrivingMotion, MotionTransfer, SourceMotion, smooth_video_motion
+from engines.stages import Ahead, Behind
 
 Progress = Callable[[int, int], None]
 IMAGE_OUTPUT_FPS = 25.0
@@ -177,13 +176,13 @@ class Animator:
     ) -> None:
         """backend: "torch", "onnxruntime", "tensorrt" or "auto" (TensorRT on a CUDA device that has
         it, else torch; compiled backends export and build into `engine_cache_dir` on first use);
-        optimize: with torch, run engines.inference's rewritten F, W and G (float32 keeps the golden
+        optimize: with torch, run acceleration.inference's rewritten F, W and G (float32 keeps the golden
         tolerance); precision: "fp32", "bf16" or "fp16" (torch: autocast, with optimize only;
         default fp32; compiled backends default to fp16 on CUDA); pipelined: decode and crop ahead of
         inference, paste back and encode behind it, in their own threads; compose_on_device: crop
         driving frames and paste back on the model's device (default: on CUDA); cuda_graphs: with
         optimize on CUDA, replay W+G from CUDA graphs captured per batch shape."""
-        from .backends.select import load_backend, resolve_backend
+        from engines.acceleration.backends.select import load_backend, resolve_backend
 
         self.device = torch.device(device)
         self.backend = resolve_backend(backend, self.device)

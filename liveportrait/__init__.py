@@ -1,3 +1,1 @@
-"""LivePortrait portrait animation: engines, job service and worker."""
-
-__version__ = "0.1.0"
+"""The `liveportrait` command line: local animation and edits, weights, engines, the services, the client."""

@@ -9,12 +9,11 @@ import os
 import sys
 import tempfile
 import typing
-from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from .options import AnimationOptions
+from liveportrait.arguments import add_option_arguments, options_from_args, progress_bar
 
 if typing.TYPE_CHECKING:
     from engines.pipeline import Animator
@@ -24,49 +23,6 @@ SYNTHETIC_WARNING = (
     "pixels are meaningless. Use `liveportrait weights download DIR` (or your own copy of the official "
     "bundle) and --weights DIR for real results."
 )
-
-
-# --- options <-> argparse -------------------------------------------------------------------------
-
-
-def add_option_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per AnimationOptions field (`--flag-stitching/--no-flag-stitching`, `--scale 2.3`, ...)."""
-    group = parser.add_argument_group("animation options (official defaults)")
-    for name, field in AnimationOptions.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{field.description or ''} (default: {field.default})".strip()
-        annotation = field.annotation
-        if annotation is bool:
-            group.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        elif typing.get_origin(annotation) is typing.Literal:
-            group.add_argument(
-                flag, dest=name, choices=typing.get_args(annotation), default=None, help=help_text
-            )
-        else:
-            kind = int if annotation is int else float
-            group.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
-
-
-def options_from_args(args: argparse.Namespace) -> AnimationOptions:
-    given = {k: getattr(args, k) for k in AnimationOptions.model_fields if getattr(args, k, None) is not None}
-    return AnimationOptions(**given)
-
-
-def _progress_bar(description: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-    )
-    task = bar.add_task(description, total=None)
-    bar.start()
-
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    return update, bar.stop
 
 
 def _weights_dir(args: argparse.Namespace) -> Path:
@@ -89,7 +45,7 @@ def _device(name: str) -> str:
 
 
 def _animator(args: argparse.Namespace) -> "Animator":
-    from engines.inference import resolve_precision
+    from engines.acceleration.inference import resolve_precision
     from engines.pipeline import Animator
 
     device = _device(args.device)
@@ -111,7 +67,7 @@ def _animator(args: argparse.Namespace) -> "Animator":
 def cmd_animate(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     animator = _animator(args)
-    update, stop = _progress_bar("animating")
+    update, stop = progress_bar("animating")
     try:
         result = animator.animate(
             Path(args.source),
@@ -144,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_motion_extract(args: argparse.Namespace) -> int:
-    from engines.motion_template import save_template
+    from engines.motion.template import save_template
 
     animator = _animator(args)
     template = animator.extract_motion(Path(args.driving), options_from_args(args))
@@ -197,7 +153,7 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
         "--optimize",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="torch: run the rewritten F, W and G of engines.inference (default: on)",
+        help="torch: run the rewritten F, W and G of engines.acceleration.inference (default: on)",
     )
     p.add_argument(
         "--precision",
@@ -268,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_weights_download)
 
-    from .cli_service import add_service_commands
+    from liveportrait.cli_service import add_service_commands
 
     _add_engines_commands(sub)
     add_service_commands(sub)
@@ -278,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_engines_commands(sub: argparse._SubParsersAction) -> None:
     """`engines export|build`; the slim gateway install has no torch, so there they only explain."""
     try:
-        from engines.cli_engines import add_engines_commands
+        from liveportrait.cli_engines import add_engines_commands
     except ModuleNotFoundError as err:
         missing = err.name
 

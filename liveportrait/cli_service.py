@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from liveportrait.arguments import add_option_arguments, options_from_args, progress_bar
+
 if TYPE_CHECKING:
     from service.client import Client
     from service.contract import Job
@@ -44,8 +46,6 @@ def _print_job(job: "Job") -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .cli import options_from_args
-
     with _client(args) as client:
         job = client.submit(
             args.source,
@@ -68,9 +68,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _wait(client: "Client", job_id: str, output: str | None) -> int:
-    from .cli import _progress_bar
-
-    update, stop = _progress_bar(f"job {job_id}")
+    update, stop = progress_bar(f"job {job_id}")
     try:
         job = client.wait(
             job_id, on_progress=lambda j: update(j.progress.frames_done, j.progress.frames_total or 0)
@@ -106,8 +104,6 @@ def _client_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_service_commands(sub: argparse._SubParsersAction) -> None:
     """Register the service and client subcommands on the `liveportrait` parser."""
-    from .cli import add_option_arguments
-
     sub.add_parser(
         "gateway", help="run the REST gateway (settings from LIVEPORTRAIT_* variables)"
     ).set_defaults(func=cmd_gateway)

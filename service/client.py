@@ -22,7 +22,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from liveportrait.options import AnimationOptions
+from common.options import AnimationOptions
 from service.contract import TERMINAL_STATUSES, Job, Upload
 
 Input = str | PathLike[str]

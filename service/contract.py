@@ -1,6 +1,6 @@
 """The job contract: what a client sends, what the queue carries and what the gateway answers.
 
-The options of a job are `liveportrait.options.AnimationOptions`, the same object the engines take.
+The options of a job are `common.options.AnimationOptions`, the same object the engines take.
 """
 
 from datetime import datetime
@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from liveportrait.options import AnimationOptions
+from common.options import AnimationOptions
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
 """Job ids and upload ids: 32 lower-case hex digits (a uuid4 without dashes)."""

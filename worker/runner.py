@@ -23,7 +23,7 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job as RQJob
 from rq.timeouts import JobTimeoutException
 
-from liveportrait.options import AnimationOptions
+from common.options import AnimationOptions
 from service import metrics, tracing
 from service.contract import JobPayload
 from service.media import SNIFF_BYTES, extension, sniff

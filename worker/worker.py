@@ -287,7 +287,7 @@ def _device(requested: str) -> str:
 
 def load_engine(settings: Settings) -> Engine:
     """Load the engines once: `engines.pipeline.Animator` with the configured weights and device."""
-    from engines.inference import resolve_precision
+    from engines.acceleration.inference import resolve_precision
     from engines.media import Limits
     from engines.pipeline import AnimationCanceled, Animator
 

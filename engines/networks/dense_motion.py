@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.grid_sample import grid_sample_5d
+from engines.networks.grid_sample import grid_sample_5d
 
 from .blocks import Hourglass
 

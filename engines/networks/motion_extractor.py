@@ -10,7 +10,7 @@ class MotionExtractor(nn.Module):
     """M: (B, 3, 256, 256) RGB in [0, 1] -> raw motion dict (see ConvNeXtV2.forward).
 
     kp and exp are flattened 21x3 keypoints; pitch, yaw and roll are 66-bin logits that
-    `engines.keypoints.headpose_to_degrees` turns into degrees.
+    `engines.motion.keypoints.headpose_to_degrees` turns into degrees.
     """
 
     def __init__(self, num_kp: int = 21, num_bins: int = 66) -> None:

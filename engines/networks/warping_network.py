@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from engines.grid_sample import grid_sample_5d
+from engines.networks.grid_sample import grid_sample_5d
 
 from .blocks import SameBlock2d
 from .dense_motion import DenseMotionNetwork

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
-from liveportrait import __version__
+from common import __version__
 from service.gateway.listing import JobIndex
 from service.gateway.middleware import BodySizeLimitMiddleware
 from service.gateway.ratelimit import RateLimiter

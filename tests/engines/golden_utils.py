@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.export import MANIFEST_NAME, export_onnx_atomic
+from engines.acceleration.export import MANIFEST_NAME, export_onnx_atomic
 from engines.model import LivePortraitModel
 
 REL_L2 = 1e-4

@@ -8,11 +8,11 @@ tensors, 1 grey level (and 1e-3 relative L2) on uint8 frames.
 import pytest
 import torch
 
-from engines.backends.onnxruntime_backend import OnnxRuntimeModel
-from engines.keypoints import MotionInfo, source_keypoints
+from common.options import AnimationOptions
+from engines.acceleration.backends.onnxruntime_backend import OnnxRuntimeModel
 from engines.model import LivePortraitModel, image_to_tensor, to_uint8_frames
-from engines.motion_transfer import DrivingMotion, MotionTransfer, SourceMotion, smooth_video_motion
-from liveportrait.options import AnimationOptions
+from engines.motion.keypoints import MotionInfo, source_keypoints
+from engines.motion.transfer import DrivingMotion, MotionTransfer, SourceMotion, smooth_video_motion
 
 from .golden_utils import assert_close, assert_close_sampled, assert_frames_close, golden_export_dir
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from common.options import AnimationOptions
 from engines import pipeline
 from engines.demo import head_motion_frames, portrait, write_demo_inputs
 from engines.media import VideoWriter, read_image, write_image, write_test_video
-from engines.motion_template import load_template
+from engines.motion.template import load_template
 from engines.pipeline import AnimationCanceled, Animator, EngineError
 from liveportrait.cli import main
-from liveportrait.options import AnimationOptions
 
 
 @pytest.fixture(scope="module")

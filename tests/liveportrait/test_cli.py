@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from common.options import AnimationOptions
 from engines.download import MODEL_FILES, download_bundle, file_url
 from liveportrait.cli import build_parser, main, options_from_args
-from liveportrait.options import AnimationOptions
 
 
 def test_weights_synthetic_then_check(tmp_path, capsys):

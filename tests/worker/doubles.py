@@ -21,7 +21,7 @@ from typing import Any
 import av
 import numpy as np
 
-from liveportrait.options import AnimationOptions
+from common.options import AnimationOptions
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from service.storage import Store, make_store

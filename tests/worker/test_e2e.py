@@ -147,7 +147,7 @@ def real_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 
 def test_the_worker_engine_follows_the_settings(real_engine: Engine, tmp_path: Path) -> None:
     """Defaults: the optimised model, pipelined stages; LIVEPORTRAIT_OPTIMIZE / _PIPELINED turn them off."""
-    from engines.inference import InferenceModel
+    from engines.acceleration.inference import InferenceModel
     from engines.model import LivePortraitModel
     from engines.weights import write_synthetic_bundle
     from worker.worker import load_engine

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from liveportrait.options import AnimationOptions
+from common.options import AnimationOptions
 from service import tracing
 from service.contract import (
     ID_PATTERN,

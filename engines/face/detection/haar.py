@@ -1,0 +1,71 @@
+"""Licence-clean face detector: OpenCV's bundled frontal-face Haar cascade (boxes only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engines.face.detection import Face, check_rgb_image
+
+DEFAULT_CASCADE = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one ``(4,)`` xyxy box with each of ``(N, 4)`` boxes -> ``(N,)``."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+class HaarAnalyzer:
+    """Frontal-face Haar cascade. Gives boxes only (``has_landmarks`` is False, score is 1.0).
+
+    ``min_size_ratio`` is the smallest face side searched, as a fraction of the shorter image side.
+    """
+
+    has_landmarks = False
+
+    def __init__(
+        self,
+        cascade_path: Path = DEFAULT_CASCADE,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        min_size_ratio: float = 0.05,
+    ) -> None:
+        self._cascade = cv2.CascadeClassifier(str(cascade_path))
+        if self._cascade.empty():
+            raise FileNotFoundError(f"cannot load Haar cascade {cascade_path}")
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self.min_size_ratio = min_size_ratio
+
+    def detect(self, image_rgb: np.ndarray) -> list[Face]:
+        """Faces in an ``(H, W, 3)`` RGB uint8 image, largest box first."""
+        check_rgb_image(image_rgb)
+        gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
+        side = max(24, round(min(gray.shape) * self.min_size_ratio))
+        rects = self._cascade.detectMultiScale(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(side, side)
+        )
+        faces = [
+            Face(box=np.array([x, y, x + w, y + h], dtype=np.float32), score=1.0) for x, y, w, h in rects
+        ]
+        return sorted(faces, key=lambda f: f.area, reverse=True)
+
+    def landmarks(self, image_rgb: np.ndarray, prev: Face | None = None) -> Face | None:
+        """Box-only tracking: the detection overlapping ``prev`` most (the largest one without
+        ``prev`` or overlap); ``prev`` itself when this frame has no detection."""
+        faces = self.detect(image_rgb)
+        if not faces:
+            return prev
+        if prev is None:
+            return faces[0]
+        ious = box_iou(prev.box, np.stack([f.box for f in faces]))
+        return faces[int(np.argmax(ious))] if ious.max() > 0 else faces[0]
