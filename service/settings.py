@@ -99,8 +99,8 @@ class Settings(BaseSettings):
     )
     optimize: bool = Field(
         True,
-        description="torch backend: run the rewritten F, W and G (engines.acceleration.inference; same outputs to "
-        "float32 rounding, faster) instead of the plain modules.",
+        description="torch backend: run the rewritten F, W and G (engines.acceleration.inference; same "
+        "outputs to float32 rounding, faster) instead of the plain modules.",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "fp32",

@@ -2,7 +2,8 @@
 
 `GraphModel` holds what every backend shares: the mapping of LivePortraitModel's methods onto the
 named graphs of `engines.acceleration.export.GRAPHS`, float32 torch tensors in and out on the
-backend's device, and the split of a batch larger than the backend's maximum. A backend only implements `_run`.
+backend's device, and the split of a batch larger than the backend's maximum. A backend only
+implements `_run`.
 `engines.acceleration.backends.select.load_backend` picks, exports and builds a backend by name.
 """
 
