@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from common.errors import Canceled, LivePortraitError
 from common.options import AnimationOptions
 from engines.acceleration.inference import Precision, optimize_for_inference
 from engines.face.crop import (
@@ -46,23 +47,11 @@ IMAGE_OUTPUT_FPS = 25.0
 T = TypeVar("T")
 
 
-class EngineError(Exception):
-    """A job that cannot be done with its inputs; `code` is machine-readable, `message` for people."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.message} [{self.code}]"
+class EngineError(LivePortraitError):
+    """A job that cannot be done with its inputs (no face, missing landmark models, ...)."""
 
 
-class AnimationCanceled(Exception):
-    """Raised between frame batches when the caller asks to stop."""
-
-    code = "canceled"
-    message = "the job was canceled"
+AnimationCanceled = Canceled
 
 
 @dataclass

@@ -1,0 +1,62 @@
+"""One error base and one closed set of error codes for the engines, the worker, the gateway and the CLI.
+
+A job that fails reports `{"code": ..., "message": ...}`: `code` is one of `ERROR_CODES`, stable and
+machine-readable; `message` is for people. Every exception that ends a job with a known cause
+derives from `LivePortraitError`; anything else is an `internal_error`.
+"""
+
+from typing import Literal, get_args
+
+ErrorCode = Literal[
+    # inputs, judged from their bytes
+    "unsupported_media",
+    "corrupt_media",
+    "too_large",
+    "too_long",
+    "no_frames",
+    "bad_template",
+    # inputs, fetched by the worker
+    "input_missing",
+    "fetch_failed",
+    "url_refused",
+    # the engines
+    "no_face",
+    "landmarks_required",
+    "unsupported_input",
+    "invalid_options",
+    # the job's life
+    "canceled",
+    "invalid_payload",
+    "timeout",
+    "worker_lost",
+    "storage_unavailable",
+    "internal_error",
+]
+
+ERROR_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
+
+
+class LivePortraitError(Exception):
+    """A failure with a known cause: `code` (one of ERROR_CODES) and a `message` for people."""
+
+    code: ErrorCode = "internal_error"
+
+    def __init__(self, code: ErrorCode | None = None, message: str = "") -> None:
+        code = code or type(self).code
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.code}]"
+
+
+class Canceled(LivePortraitError):
+    """Raised between frame batches when the caller asks the job to stop."""
+
+    code: ErrorCode = "canceled"
+
+    def __init__(self, message: str = "the job was canceled") -> None:
+        super().__init__("canceled", message)
