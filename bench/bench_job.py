@@ -27,8 +27,10 @@ import cv2
 import torch
 from rich.table import Table
 
+from common.engine_config import EngineConfig
 from common.options import AnimationOptions
 from engines.demo import head_motion_frames, portrait
+from engines.engine import load_engine
 from engines.media import write_image, write_test_video
 from engines.pipeline import Animator
 
@@ -70,28 +72,19 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = weights_dir(args.weights)
     graphs = ", CUDA graphs" if args.cuda_graphs else ""
-    animators = {
-        "eager fp32, sequential": Animator(
-            weights, args.device, frame_batch=frame_batch, pipelined=False, compose_on_device=False
+    base = EngineConfig(weights_dir=weights, device=args.device, frame_batch=frame_batch)
+    configs = {
+        "eager fp32, sequential": base.model_copy(
+            update={"optimize": False, "pipelined": False, "compose_on_device": False}
         ),
-        f"optimised {precision}, sequential": Animator(
-            weights,
-            args.device,
-            frame_batch=frame_batch,
-            optimize=True,
-            precision=precision,
-            pipelined=False,
-            compose_on_device=False,
+        f"optimised {precision}, sequential": base.model_copy(
+            update={"precision": precision, "pipelined": False, "compose_on_device": False}
         ),
-        f"optimised {precision}, pipelined{graphs}": Animator(
-            weights,
-            args.device,
-            frame_batch=frame_batch,
-            optimize=True,
-            precision=precision,
-            cuda_graphs=args.cuda_graphs,
+        f"optimised {precision}, pipelined{graphs}": base.model_copy(
+            update={"precision": precision, "cuda_graphs": args.cuda_graphs}
         ),
     }
+    animators = {name: Animator(load_engine(config)) for name, config in configs.items()}
     options = AnimationOptions(audio="driving")
     with tempfile.TemporaryDirectory(prefix="lp-bench-job-") as tmp:
         tmp_dir = Path(tmp)

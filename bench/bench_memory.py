@@ -67,11 +67,14 @@ def stand_in_render(f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> 
 
 
 def child_job(weights: Path, source: Path, driving: Path, out: Path, frame_batch: int) -> dict:
+    from common.engine_config import EngineConfig
     from common.options import AnimationOptions
+    from engines.engine import load_engine
     from engines.pipeline import Animator
 
-    animator = Animator(weights, "cpu", frame_batch=frame_batch, optimize=True)
-    animator.model.render = stand_in_render
+    engine = load_engine(EngineConfig(weights_dir=weights, device="cpu", frame_batch=frame_batch))
+    engine.model.render = stand_in_render  # type: ignore[method-assign]
+    animator = Animator(engine)
     loaded = peak_rss_mib()
     reset_peak_rss()  # the job's own peak, not the model load's (optimize_for_inference's float64)
     start = rss_mib()
@@ -86,12 +89,11 @@ def child_job(weights: Path, source: Path, driving: Path, out: Path, frame_batch
 
 
 def child_render(weights: Path, batch: int, optimised: bool) -> dict:
-    from engines.acceleration.inference import optimize_for_inference
-    from engines.model import LivePortraitModel
+    from common.engine_config import EngineConfig
+    from engines.engine import load_engine
 
-    model = LivePortraitModel.from_weights(weights)
-    if optimised:
-        model = optimize_for_inference(model, copy_model=False)
+    config = EngineConfig(weights_dir=weights, device="cpu", optimize=optimised, detector="haar")
+    model = load_engine(config).model
     torch.manual_seed(0)
     f_s = torch.randn(1, 32, 16, 64, 64)
     x_s = torch.rand(1, 21, 3) * 0.6 - 0.3

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from rich.table import Table
 
+from common.engine_config import EngineConfig
 from common.options import AnimationOptions
-from engines.acceleration.inference import optimize_for_inference
 from engines.demo import head_motion_frames, portrait
-from engines.model import LivePortraitModel, image_to_tensor, to_uint8_frames
+from engines.engine import Model, load_engine
+from engines.model import image_to_tensor, to_uint8_frames
 from engines.motion.keypoints import source_keypoints
 from engines.motion.transfer import DrivingMotion, MotionTransfer, SourceMotion
 
@@ -47,9 +48,7 @@ def images(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 class Case:
     """One model's callables for every module at one batch size (inputs prepared once)."""
 
-    def __init__(
-        self, model: LivePortraitModel, source: torch.Tensor, driving: torch.Tensor, batch: int
-    ) -> None:
+    def __init__(self, model: Model, source: torch.Tensor, driving: torch.Tensor, batch: int) -> None:
         self.model = model
         self.source, self.driving = source, driving
         self.f_s = model.extract_appearance(source)
@@ -127,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     print_machine(device)
 
-    eager = LivePortraitModel.from_weights(weights_dir(args.weights), device)
-    fast = optimize_for_inference(eager, device, precision, cuda_graphs=args.cuda_graphs)
+    config = EngineConfig(weights_dir=weights_dir(args.weights), device=str(device), detector="haar")
+    eager = load_engine(config.model_copy(update={"optimize": False})).model
+    fast = load_engine(
+        config.model_copy(update={"precision": precision, "cuda_graphs": args.cuda_graphs})
+    ).model
     label = f"optimised {precision}" + (" + CUDA graphs" if args.cuda_graphs and cuda else "")
     table = Table(title=f"ms/frame on {device} (median of `runs` ABBA-interleaved runs)")
     columns = ("module", "batch", "runs", "eager fp32", label, "ratio", "ratio CPU time", "rel L2 vs eager")

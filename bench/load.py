@@ -91,21 +91,17 @@ class StandInAnimator:
         return StandInResult(output=Path(output), frames=1, fps=25.0)
 
 
-class StandInCanceled(Exception):
-    """Never raised: the stand-in finishes before a cancel could matter."""
-
-
 def run_worker() -> None:
     """A worker process with the stand-in animator (settings from LIVEPORTRAIT_* variables)."""
     from service.logs import configure_logging
     from service.settings import Settings
-    from worker.runner import Engine
+    from worker.runner import WorkerEngine
     from worker.worker import build_worker
 
     settings = Settings()
     configure_logging(settings)
     animator = StandInAnimator(settings.redis_url, runs_key(settings.queue_prefix))
-    engine = Engine(animator=animator, canceled=(StandInCanceled,))
+    engine = WorkerEngine(animator=animator)
     build_worker(settings, engine, idle_poll_s=1).work(logging_level=settings.log_level.upper())
 
 

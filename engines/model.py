@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,10 +24,12 @@ class LivePortraitModel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.appearance_feature_extractor = AppearanceFeatureExtractor()
+        # F, W and G are plain modules to their users: InferenceModel replaces them by rewrites
+        # (engines.networks.expect_module narrows them where the original networks are needed)
+        self.appearance_feature_extractor: nn.Module = AppearanceFeatureExtractor()
         self.motion_extractor = MotionExtractor()
-        self.warping_module = WarpingNetwork()
-        self.spade_generator = SPADEDecoder()
+        self.warping_module: nn.Module = WarpingNetwork()
+        self.spade_generator: nn.Module = SPADEDecoder()
         self.stitching = stitching_network()
         self.lip = lip_network()
         self.eye = eye_network()
@@ -112,3 +115,8 @@ def to_uint8_frames(images: torch.Tensor) -> torch.Tensor:
 def image_to_tensor(rgb: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [0, 1]."""
     return rgb.permute(0, 3, 1, 2).float().div(255.0)
+
+
+def frames_to_device(frames: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """(B, H, W, 3) uint8 tensor on `device` from B equal-sized (H, W, 3) uint8 frames."""
+    return torch.from_numpy(np.stack(frames)).to(device)

@@ -12,6 +12,7 @@ An exception in a stage's thread is raised in the inference loop's thread, at it
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -139,3 +140,20 @@ class Behind(Generic[T]):
         if self._thread.is_alive():
             self._queue.put(("end", None))
         self._thread.join()
+
+
+def ahead(items: Iterable[T], *, enabled: bool, name: str) -> AbstractContextManager[Iterator[T]]:
+    """`items` produced in a thread ahead of the caller when `enabled`, else in the caller's thread."""
+    return Ahead(items, depth=2, name=name) if enabled else nullcontext(iter(items))
+
+
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last one shorter)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

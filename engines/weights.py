@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,9 @@ def checkpoint_path(weights_dir: Path, stem: str) -> Path:
     raise WeightsError(f"missing checkpoint {base}.pth (or .safetensors) under {weights_dir}")
 
 
-def _read(path: Path) -> Mapping[str, object]:
+def _read(path: Path) -> Mapping[str, Any]:
+    """A checkpoint's top-level mapping: key -> tensor (a state dict), or key -> state dict (the
+    retargeting bundle). Untyped as torch.load's result is: validate_state_dict checks it."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -10,13 +10,27 @@ import sys
 import tempfile
 import typing
 from pathlib import Path
+from typing import get_args
 
 from pydantic import ValidationError
 
+from common.engine_config import Backend, Detector, EngineConfig, PrecisionName
 from liveportrait.arguments import add_option_arguments, options_from_args, progress_bar
 
 if typing.TYPE_CHECKING:
     from engines.pipeline import Animator
+
+ENGINE_FLAGS = (
+    "device",
+    "backend",
+    "optimize",
+    "precision",
+    "pipelined",
+    "frame_batch",
+    "detector",
+    "engine_cache_dir",
+)
+"""EngineConfig fields that a local command takes as flags (each falls back to its setting)."""
 
 SYNTHETIC_WARNING = (
     "Synthetic weights: the model runs the real computation with random parameters, so the output "
@@ -25,40 +39,26 @@ SYNTHETIC_WARNING = (
 )
 
 
-def _weights_dir(args: argparse.Namespace) -> Path:
-    weights = args.weights or os.environ.get("LIVEPORTRAIT_WEIGHTS_DIR")
-    if not weights:
+def engine_config(args: argparse.Namespace) -> "EngineConfig":
+    """The engine config of a local command: LIVEPORTRAIT_* settings, overridden by the flags given."""
+    from service.settings import Settings
+
+    given = {name: getattr(args, name) for name in ENGINE_FLAGS if getattr(args, name, None) is not None}
+    if args.weights:
+        given["weights_dir"] = args.weights
+    try:
+        return Settings(**given).engine_config()
+    except ValueError as err:
         raise SystemExit(
-            "no weights: pass --weights DIR or set LIVEPORTRAIT_WEIGHTS_DIR "
-            "(`liveportrait weights download DIR` fetches the official bundle; "
-            "`liveportrait weights synthetic DIR` writes a test bundle)"
-        )
-    return Path(weights)
-
-
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+            f"{err}; or pass --weights DIR (`liveportrait weights synthetic DIR` writes a test bundle)"
+        ) from err
 
 
 def _animator(args: argparse.Namespace) -> "Animator":
-    from engines.acceleration.inference import resolve_precision
+    from engines.engine import load_engine
     from engines.pipeline import Animator
 
-    device = _device(args.device)
-    return Animator(
-        _weights_dir(args),
-        device,
-        args.backend,
-        args.frame_batch,
-        args.detector,
-        optimize=args.optimize,
-        precision=resolve_precision(args.precision, device),
-        pipelined=args.pipelined,
-    )
+    return Animator(load_engine(engine_config(args)))
 
 
 # --- subcommands ------------------------------------------------------------------------------
@@ -141,34 +141,21 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
 
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of the engine config; each defaults to its LIVEPORTRAIT_* setting (see docs/deploy.md)."""
     p.add_argument("--weights", help="official-layout weights directory (env LIVEPORTRAIT_WEIGHTS_DIR)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument(
-        "--backend",
-        choices=["auto", "torch", "onnxruntime", "tensorrt"],
-        default="torch",
-        help="auto: TensorRT on a CUDA device that has it, else torch",
-    )
-    p.add_argument(
-        "--optimize",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="torch: run the rewritten F, W and G of engines.acceleration.inference (default: on)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="fp32",
-        help="arithmetic of F, W and G (auto: fp16 on CUDA); reduced precision needs --optimize",
-    )
-    p.add_argument(
-        "--pipelined",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="decode/crop and paste-back/encode in threads overlapping inference (default: on)",
-    )
-    p.add_argument("--frame-batch", type=int, default=8, help="driving frames per W+G batch")
-    p.add_argument("--detector", choices=["auto", "insightface", "haar"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--backend", choices=list(get_args(Backend)))
+    p.add_argument("--optimize", action=argparse.BooleanOptionalAction)
+    p.add_argument("--precision", choices=list(get_args(PrecisionName)))
+    p.add_argument("--pipelined", action=argparse.BooleanOptionalAction)
+    p.add_argument("--frame-batch", type=int)
+    p.add_argument("--detector", choices=list(get_args(Detector)))
+    p.add_argument("--engine-cache-dir")
+    for action in p._actions:
+        name = action.dest
+        if name in EngineConfig.model_fields:
+            field = EngineConfig.model_fields[name]
+            action.help = f"{field.description} (default: {field.default})"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,10 @@ result_key         storage key of the result; result_content_type, result_frames
                    result_bytes describe it
 =================  ==========================================================================
 
-The hash expires `result_ttl_s` (succeeded, canceled) or `failure_ttl_s` (failed) after the end.
+How long the hash lives is `job_lifetime_s(settings, status)`, the one rule the owner listing
+(service.gateway.listing) also trims by: from its submission while the job is queued or running (the
+hash expires at `created_at` plus that), from its end once settled (`result_ttl_s` when succeeded or
+canceled, `failure_ttl_s` when failed).
 
 Attempts are fenced: `claim_attempt` returns the attempt number, and a worker passes it to every
 later transition (progress, succeed, fail, cancel, requeue), which is refused once a newer attempt
@@ -39,6 +42,7 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -129,6 +133,8 @@ return 'ended:' .. s
 """
 
 CancelOutcome = Literal["canceled", "cancel_requested", "succeeded", "failed", "missing"]
+SETTLED = ("succeeded", "failed", "canceled")
+"""The statuses a job ends in."""
 
 
 def connect(settings: Settings) -> Redis:
@@ -145,6 +151,24 @@ def connect(settings: Settings) -> Redis:
 def abandoned_after_s(settings: Settings) -> int:
     """Seconds without a heartbeat after which a running job counts as abandoned by its worker."""
     return settings.job_abandoned_after_s or 4 * settings.worker_heartbeat_s + 15
+
+
+def job_lifetime_s(settings: Settings, status: str) -> int:
+    """Seconds a job's hash lives in `status`: counted from its end once settled, else from its submission.
+
+    A settled job lives `failure_ttl_s` (failed) or `result_ttl_s` (succeeded, canceled). A queued or
+    running job lives, from its submission, long enough for every attempt to time out or be found
+    abandoned and reaped, with the retry backoffs between them, and then the longer of the two TTLs.
+    The owner listing keeps each entry that long from the job's creation: entry and hash expire together.
+    """
+    if status == "failed":
+        return settings.failure_ttl_s
+    if status in SETTLED:
+        return settings.result_ttl_s
+    attempts = settings.job_retries + 1
+    per_attempt = settings.job_timeout_s + abandoned_after_s(settings) + settings.reaper_interval_s
+    waits = sum(settings.retry_backoff_s) + per_attempt * attempts
+    return max(settings.result_ttl_s, settings.failure_ttl_s) + waits
 
 
 def _fence(attempt: int | None) -> str:
@@ -246,15 +270,6 @@ class JobQueue:
         digest = hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
         return f"{self.prefix}:idem:{digest}"
 
-    @property
-    def _hash_ttl(self) -> int:
-        attempts = self.settings.job_retries + 1
-        per_attempt = (
-            self.settings.job_timeout_s + abandoned_after_s(self.settings) + self.settings.reaper_interval_s
-        )
-        waits = sum(self.settings.retry_backoff_s) + per_attempt * attempts
-        return max(self.settings.result_ttl_s, self.settings.failure_ttl_s) + waits
-
     # gateway side
     def ping(self) -> None:
         """Raise a redis error unless Redis answers."""
@@ -294,10 +309,15 @@ class JobQueue:
         if raw is not None and json.loads(raw)["job_id"] == job_id:
             self.redis.delete(redis_key)
 
-    def submit(self, payload: JobPayload, priority: Priority, owner: str) -> JobRecord:
-        """Create the job's hash (owned by `owner`) and enqueue it on the queue of its priority."""
+    def submit(
+        self, payload: JobPayload, priority: Priority, owner: str, *, created_at: float | None = None
+    ) -> JobRecord:
+        """Create the job's hash (owned by `owner`) and enqueue it on the queue of its priority.
+
+        The hash expires `job_lifetime_s(settings, "queued")` after `created_at` (default: now).
+        """
         job_id = payload.job_id
-        now = time.time()
+        now = time.time() if created_at is None else created_at
         payload_json = payload.model_dump(mode="json")
         key = self.job_key(job_id)
         with self.redis.pipeline() as pipe:
@@ -313,7 +333,7 @@ class JobQueue:
                     "attempts": 0,
                 },
             )
-            pipe.expire(key, self._hash_ttl)
+            pipe.pexpireat(key, round((now + job_lifetime_s(self.settings, "queued")) * 1000))
             metrics.count_status(pipe, self.metrics_key, "queued")
             pipe.execute()
         retry = None
@@ -347,7 +367,7 @@ class JobQueue:
         """Cancel a queued job at once; flag a running one for its worker to stop between batches."""
         now = time.time()
         outcome = self._cancel(
-            keys=[self.job_key(job_id)], args=[repr(now), self.settings.result_ttl_s]
+            keys=[self.job_key(job_id)], args=[repr(now), job_lifetime_s(self.settings, "canceled")]
         ).decode()
         if outcome.startswith("ended:"):  # already finished (or canceled): nothing changes, nothing counted
             return outcome.removeprefix("ended:")  # type: ignore[return-value]
@@ -375,7 +395,8 @@ class JobQueue:
         running it, 0). A new attempt supersedes any earlier one that may still be alive."""
         now = time.time()
         outcome = self._claim(
-            keys=[self.job_key(job_id)], args=[repr(now), worker_name, self.settings.result_ttl_s]
+            keys=[self.job_key(job_id)],
+            args=[repr(now), worker_name, job_lifetime_s(self.settings, "canceled")],
         ).decode()
         attempt = 0
         if outcome.startswith("running:"):
@@ -426,26 +447,25 @@ class JobQueue:
             "result_fps": repr(float(fps)),
             "result_bytes": size_bytes,
         }
-        return self._end(job_id, "succeeded", self.settings.result_ttl_s, fields, attempt)
+        return self._end(job_id, "succeeded", fields, attempt)
 
     def fail(self, job_id: str, code: str, message: str, *, attempt: int | None = None) -> bool:
         """Mark a running job failed (refused when `attempt` was superseded)."""
         fields = {"error_code": code, "error_message": message}
-        return self._end(job_id, "failed", self.settings.failure_ttl_s, fields, attempt)
+        return self._end(job_id, "failed", fields, attempt)
 
     def mark_canceled(self, job_id: str, *, attempt: int | None = None) -> bool:
         """Mark a running job canceled (its worker stopped it; refused when `attempt` was superseded)."""
-        return self._end(job_id, "canceled", self.settings.result_ttl_s, {}, attempt)
+        return self._end(job_id, "canceled", {}, attempt)
 
     def requeue(self, job_id: str, *, attempt: int | None = None) -> bool:
         """Put a running job back to queued, before RQ retries it (refused when `attempt` was superseded)."""
         return bool(self._requeue(keys=[self.job_key(job_id)], args=[_fence(attempt)]))
 
-    def _end(
-        self, job_id: str, status: str, ttl: int, fields: dict[str, object], attempt: int | None
-    ) -> bool:
+    def _end(self, job_id: str, status: str, fields: Mapping[str, object], attempt: int | None) -> bool:
+        """Settle a running job in `status`; its hash then lives `job_lifetime_s(settings, status)`."""
         now = time.time()
-        flat: list[object] = [status, repr(now), ttl, _fence(attempt)]
+        flat: list[object] = [status, repr(now), job_lifetime_s(self.settings, status), _fence(attempt)]
         for name, value in fields.items():
             flat.extend((name, value))
         ended = self._finish(keys=[self.job_key(job_id)], args=flat) == b"ok"

@@ -4,12 +4,23 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from common.engine_config import Backend, Detector, Device, EngineConfig, PrecisionName, engine_default
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _engine(name: str) -> Any:
+    """The engine default of a setting that configures the engines (one place: EngineConfig)."""
+    return engine_default(name)
+
+
+def _describe(name: str) -> str | None:
+    return EngineConfig.model_fields[name].description
 
 
 class Settings(BaseSettings):
@@ -91,27 +102,14 @@ class Settings(BaseSettings):
 
     # worker / engines
     weights_dir: Path | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
-        "torch",
-        description="Inference backend; auto: TensorRT on a CUDA device that has it, else torch. The "
-        "compiled backends export and build into engine_cache_dir on first use.",
-    )
-    optimize: bool = Field(
-        True,
-        description="torch backend: run the rewritten F, W and G (engines.acceleration.inference; same "
-        "outputs to float32 rounding, faster) instead of the plain modules.",
-    )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "fp32",
-        description="Arithmetic of F, W and G; auto: fp16 on CUDA, fp32 on CPU. Reduced precision needs "
-        "optimize (torch) and stays within 1e-2 relative L2 of float32.",
-    )
-    pipelined: bool = Field(
-        True, description="Decode and crop ahead of inference, paste back and encode behind it, in threads."
-    )
-    engine_cache_dir: Path = Path(".liveportrait/engines")
-    frame_batch: int = Field(8, ge=1, le=64)
+    device: Device = _engine("device")
+    backend: Backend = Field(_engine("backend"), description=_describe("backend"))
+    optimize: bool = Field(_engine("optimize"), description=_describe("optimize"))
+    precision: PrecisionName = Field(_engine("precision"), description=_describe("precision"))
+    pipelined: bool = Field(_engine("pipelined"), description=_describe("pipelined"))
+    detector: Detector = Field(_engine("detector"), description=_describe("detector"))
+    engine_cache_dir: Path = Field(_engine("engine_cache_dir"), description=_describe("engine_cache_dir"))
+    frame_batch: int = Field(_engine("frame_batch"), ge=1, le=64, description=_describe("frame_batch"))
     work_dir: Path | None = None
     worker_name: str | None = None
     worker_heartbeat_s: int = Field(15, ge=1, le=300, description="Heartbeat period of a busy worker.")
@@ -143,6 +141,26 @@ class Settings(BaseSettings):
                 if not isinstance(key, str) or not _SHA256_HEX.match(key):
                     raise ValueError("api_keys must be sha256 hex digests (64 hex characters)")
         return value
+
+
+    def engine_config(self) -> EngineConfig:
+        """The engines' load config (LIVEPORTRAIT_WEIGHTS_DIR is required to run them)."""
+        if self.weights_dir is None:
+            raise ValueError(
+                "no weights: set LIVEPORTRAIT_WEIGHTS_DIR to the weights bundle "
+                "(`liveportrait weights download DIR` fetches the official one)"
+            )
+        return EngineConfig(
+            weights_dir=self.weights_dir,
+            device=self.device,
+            backend=self.backend,
+            optimize=self.optimize,
+            precision=self.precision,
+            pipelined=self.pipelined,
+            frame_batch=self.frame_batch,
+            detector=self.detector,
+            engine_cache_dir=self.engine_cache_dir,
+        )
 
 
 @lru_cache

@@ -138,9 +138,10 @@ def serve_app(app: Any) -> Iterator[str]:
     """Serve an ASGI app with uvicorn in a thread on a free loopback port; yields its base URL."""
     import socket
     import threading
-    import time
 
     import uvicorn
+
+    from tests.waiting import wait_until
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -151,11 +152,13 @@ def serve_app(app: Any) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
+
+    def started() -> bool:
+        if not server.started and not thread.is_alive():
+            raise RuntimeError("uvicorn exited before it started")
+        return server.started
+
+    wait_until(started, 10, "uvicorn to start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

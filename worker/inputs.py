@@ -12,8 +12,9 @@ from urllib.parse import urljoin
 
 import httpx
 
+from common.errors import ErrorCode, LivePortraitError
+from common.media import MediaError, MediaLimits, extension, inspect_media
 from service.contract import InputLocation
-from service.media import SNIFF_BYTES, MediaLimits, MediaRejected, extension, inspect_media, sniff
 from service.settings import Settings
 from service.storage import ObjectNotFound, Store, make_s3_client, transfer_config, with_retries
 from service.urls import S3Location, UnsafeURL, check_url
@@ -22,13 +23,11 @@ MAX_REDIRECTS = 3
 _CHUNK = 1024 * 1024
 
 
-class InputError(Exception):
+class InputError(LivePortraitError):
     """An input the worker cannot use; `code` and `message` go into the failed job."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(code, message)
 
 
 def _too_large(name: str, limit: int) -> InputError:
@@ -120,14 +119,10 @@ def fetch_input(
         else:
             _from_http(settings, url, raw, name, limit)
     with raw.open("rb") as src:
-        content_type = sniff(src.read(SNIFF_BYTES))
-        if content_type is None:
-            raise InputError("unsupported_media", f"the {name} input is not an image or video format we read")
-        src.seek(0)
         try:  # the gateway's header checks again: URL inputs reach the worker unchecked
-            inspect_media(src, raw.stat().st_size, MediaLimits.from_settings(settings))
-        except MediaRejected as exc:
+            info = inspect_media(src, raw.stat().st_size, MediaLimits.from_settings(settings))
+        except MediaError as exc:
             raise InputError(exc.code, f"the {name} input was refused: {exc.message}") from exc
-    path = raw.with_name(f"{name}{extension(content_type)}")
+    path = raw.with_name(f"{name}{extension(info.content_type)}")
     raw.rename(path)
     return path

@@ -23,10 +23,11 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job as RQJob
 from rq.timeouts import JobTimeoutException
 
+from common.errors import Canceled, LivePortraitError
+from common.media import SNIFF_BYTES, extension, sniff
 from common.options import AnimationOptions
 from service import metrics, tracing
 from service.contract import JobPayload
-from service.media import SNIFF_BYTES, extension, sniff
 from service.queue import JobQueue
 from service.settings import Settings
 from service.storage import StorageError, Store, put_with_retries
@@ -65,11 +66,10 @@ class Animator(Protocol):
 
 
 @dataclass
-class Engine:
-    """A loaded animator, the exception types it raises on cancel, and the input limits to pass."""
+class WorkerEngine:
+    """A loaded animator and the input limits to pass it (it raises common.errors.Canceled on cancel)."""
 
     animator: Animator
-    canceled: tuple[type[BaseException], ...]
     limits: Any = None
 
 
@@ -80,7 +80,7 @@ class JobRunner:
     settings: Settings
     queue: JobQueue
     store: Store
-    engine: Engine
+    engine: WorkerEngine
     worker_name: str = "worker"
     _work_root: Path = field(init=False)
 
@@ -111,7 +111,7 @@ class JobRunner:
                 outcome = self._animate(job_id, attempt, raw_payload, work_dir)
                 settled = outcome["status"] != SUPERSEDED
                 return outcome
-            except self.engine.canceled:
+            except Canceled:
                 settled = self.queue.mark_canceled(job_id, attempt=attempt)
                 log.info(
                     "job.canceled" if settled else "job.superseded",
@@ -123,12 +123,11 @@ class JobRunner:
                 settled = self.queue.fail(job_id, "timeout", message, attempt=attempt)
                 log.warning("job.failed" if settled else "job.superseded", code="timeout")
                 return {"status": "failed" if settled else SUPERSEDED, "code": "timeout"}
+            except LivePortraitError as exc:
+                settled = self.queue.fail(job_id, exc.code, exc.message, attempt=attempt)
+                log.info("job.failed" if settled else "job.superseded", code=exc.code, message=exc.message)
+                return {"status": "failed" if settled else SUPERSEDED, "code": exc.code}
             except Exception as exc:
-                code, message = getattr(exc, "code", None), getattr(exc, "message", None)
-                if isinstance(code, str) and isinstance(message, str):
-                    settled = self.queue.fail(job_id, code, message, attempt=attempt)
-                    log.info("job.failed" if settled else "job.superseded", code=code, message=message)
-                    return {"status": "failed" if settled else SUPERSEDED, "code": code}
                 if retries_left > 0:
                     if not self.queue.requeue(job_id, attempt=attempt):
                         log.warning("job.superseded", error=type(exc).__name__)

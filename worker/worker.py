@@ -34,7 +34,7 @@ from service.queue import JobQueue, abandoned_after_s, connect, queue_names
 from service.settings import Settings, get_settings
 from service.storage import make_store
 from worker import runner as runner_module
-from worker.runner import Engine, JobRunner
+from worker.runner import JobRunner, WorkerEngine
 
 log = structlog.get_logger("worker")
 
@@ -277,42 +277,25 @@ class AnimationWorker(SimpleWorker):
                 log.warning("worker.scheduler_stop_failed", error=str(exc))
 
 
-def _device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_engine(settings: Settings) -> Engine:
-    """Load the engines once: `engines.pipeline.Animator` with the configured weights and device."""
-    from engines.acceleration.inference import resolve_precision
+def load_engine(settings: Settings) -> WorkerEngine:
+    """Load the engines once (engines.engine.load_engine from the settings' EngineConfig)."""
+    from engines.engine import load_engine as load
     from engines.media import Limits
-    from engines.pipeline import AnimationCanceled, Animator
+    from engines.pipeline import Animator
 
-    if settings.weights_dir is None:
-        raise SystemExit("set LIVEPORTRAIT_WEIGHTS_DIR to the weights bundle of the worker")
-    device = _device(settings.device)
-    animator = Animator(
-        settings.weights_dir,
-        device=device,
-        backend=settings.backend,
-        frame_batch=settings.frame_batch,
-        optimize=settings.optimize,
-        precision=resolve_precision(settings.precision, device),
-        pipelined=settings.pipelined,
-        engine_cache_dir=settings.engine_cache_dir,
-    )
+    try:
+        config = settings.engine_config()
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     limits = Limits(
         max_pixels=max(settings.max_source_pixels, settings.max_driving_pixels),
         max_frames=settings.max_driving_frames,
         max_seconds=settings.max_driving_seconds,
     )
-    return Engine(animator=animator, canceled=(AnimationCanceled,), limits=limits)
+    return WorkerEngine(animator=Animator(load(config)), limits=limits)
 
 
-def build_worker(settings: Settings, engine: Engine, *, idle_poll_s: int = 5) -> AnimationWorker:
+def build_worker(settings: Settings, engine: WorkerEngine, *, idle_poll_s: int = 5) -> AnimationWorker:
     """A worker for `settings` running jobs with `engine` (an injectable animator, e.g. in tests)."""
     connection = connect(settings)
     job_runner = JobRunner(

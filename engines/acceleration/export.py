@@ -44,6 +44,7 @@ from torch import nn
 
 from engines.acceleration.onnx_check import check_graph
 from engines.model import LivePortraitModel
+from engines.networks import WarpingNetwork, expect_module
 from engines.networks.blocks import DownBlock3d
 from engines.networks.spade_generator import SpectralNormConv2d
 from engines.weights import MODULES
@@ -192,7 +193,7 @@ def fold_spectral_norm(module: nn.Module) -> nn.Module:
                 bias=child.bias is not None,
             )
             conv.weight.data.copy_(weight)
-            if child.bias is not None:
+            if child.bias is not None and conv.bias is not None:  # both or neither
                 conv.bias.data.copy_(child.bias.detach())
             setattr(module, name, conv)
         else:
@@ -202,18 +203,22 @@ def fold_spectral_norm(module: nn.Module) -> nn.Module:
 
 def _warping_module(model: LivePortraitModel, precision: str) -> nn.Module:
     """W of a model copy, with the 4-D GridSample rewrite (and float16 islands for "fp16")."""
-    warping = model.warping_module
+    warping = expect_module(model.warping_module, WarpingNetwork)
     warping.export_friendly = True
     if precision == "fp16":
         dense = warping.dense_motion_network
         blocks = dense.hourglass.encoder.down_blocks
         for i, block in enumerate(blocks):
-            blocks[i] = _FoldedDownBlock3d(block)
-        dense.hourglass = _Half(dense.hourglass)
-        dense.mask = _Half(dense.mask)
-        dense.occlusion = _Half(dense.occlusion)
-        warping.third = _Half(warping.third)
-        warping.fourth = _Half(warping.fourth)
+            blocks[i] = _FoldedDownBlock3d(expect_module(block, DownBlock3d))
+        # the islands replace the typed children: swapped as modules (setattr would do the same)
+        for parent, name in (
+            (dense, "hourglass"),
+            (dense, "mask"),
+            (dense, "occlusion"),
+            (warping, "third"),
+            (warping, "fourth"),
+        ):
+            parent.add_module(name, _Half(parent.get_submodule(name)))
     return _Warp(warping)
 
 
@@ -380,14 +385,21 @@ def read_manifest(export_dir: Path) -> dict:
     return manifest
 
 
-def export_onnx_atomic(model: LivePortraitModel, out_dir: Path, **kwargs: object) -> Path:
+def export_onnx_atomic(
+    model: LivePortraitModel,
+    out_dir: Path,
+    *,
+    precision: str = "fp32",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    opset: int = MIN_OPSET,
+) -> Path:
     """export_onnx into a temporary sibling, then rename it to `out_dir` (a no-op if another process
     finished first). Returns `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        export_onnx(model, tmp, **kwargs)
+        export_onnx(model, tmp, precision=precision, max_batch=max_batch, opset=opset)
         try:
             tmp.rename(out_dir)
         except OSError:

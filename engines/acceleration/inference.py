@@ -32,14 +32,14 @@ import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeGuard, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engines.model import LivePortraitModel
-from engines.networks import AppearanceFeatureExtractor, SPADEDecoder, WarpingNetwork
+from engines.networks import AppearanceFeatureExtractor, SPADEDecoder, WarpingNetwork, expect_module
 from engines.networks.blocks import DownBlock2d, DownBlock3d, ResBlock3d, SameBlock2d, UpBlock3d
 from engines.networks.dense_motion import DenseMotionNetwork, coordinate_grid, keypoint_gaussians
 from engines.networks.grid_sample import grid_sample_5d
@@ -59,24 +59,52 @@ def resolve_precision(name: str, device: str | torch.device) -> Precision:
 
 
 Conv = nn.Conv2d | nn.Conv3d
+ConvT = TypeVar("ConvT", nn.Conv2d, nn.Conv3d)
+Padding = str | int | tuple[int, ...]
 
 
 # --- exact rewrites of single layers ------------------------------------------------------------
 
 
-def _conv_like(weight: torch.Tensor, bias: torch.Tensor | None, padding: int | tuple[int, ...]) -> Conv:
-    """A Conv2d / Conv3d (stride 1) holding `weight` (Cout, Cin, k...) and `bias` (Cout,)."""
-    cls = nn.Conv2d if weight.dim() == 4 else nn.Conv3d
-    cout, cin, *kernel = weight.shape
-    conv = cls(cin, cout, tuple(kernel), padding=padding, bias=bias is not None, device="meta")
+def _holding(conv: ConvT, weight: torch.Tensor, bias: torch.Tensor | None) -> ConvT:
+    """`conv` (built on the meta device) given `weight` and `bias` as float32 frozen parameters."""
     conv.weight = nn.Parameter(weight.float().contiguous(), requires_grad=False)
     if bias is not None:
         conv.bias = nn.Parameter(bias.float().contiguous(), requires_grad=False)
     return conv
 
 
+def _conv2d_like(weight: torch.Tensor, bias: torch.Tensor | None, padding: Padding) -> nn.Conv2d:
+    """A Conv2d (stride 1) holding `weight` (Cout, Cin, kh, kw) and `bias` (Cout,)."""
+    cout, cin, kh, kw = weight.shape
+    if isinstance(padding, tuple):
+        ph, pw = padding
+        padding = (ph, pw)
+    conv = nn.Conv2d(cin, cout, (kh, kw), padding=padding, bias=bias is not None, device="meta")
+    return _holding(conv, weight, bias)
+
+
+def _conv3d_like(weight: torch.Tensor, bias: torch.Tensor | None, padding: Padding) -> nn.Conv3d:
+    """A Conv3d (stride 1) holding `weight` (Cout, Cin, kd, kh, kw) and `bias` (Cout,)."""
+    cout, cin, kd, kh, kw = weight.shape
+    if isinstance(padding, tuple):
+        pd, ph, pw = padding
+        padding = (pd, ph, pw)
+    conv = nn.Conv3d(cin, cout, (kd, kh, kw), padding=padding, bias=bias is not None, device="meta")
+    return _holding(conv, weight, bias)
+
+
+def _conv_like(weight: torch.Tensor, bias: torch.Tensor | None, padding: Padding) -> Conv:
+    """A Conv2d / Conv3d (stride 1) holding `weight` (Cout, Cin, k...) and `bias` (Cout,)."""
+    if weight.dim() == 4:
+        return _conv2d_like(weight, bias, padding)
+    return _conv3d_like(weight, bias, padding)
+
+
 def fold_batch_norm(conv: Conv, bn: nn.BatchNorm2d | nn.BatchNorm3d) -> Conv:
     """conv followed by an eval-mode BatchNorm as one convolution (folded in float64)."""
+    if bn.weight is None or bn.bias is None or bn.running_mean is None or bn.running_var is None:
+        raise ValueError("fold_batch_norm needs an affine BatchNorm that tracks running statistics")
     scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     weight = conv.weight.double() * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
@@ -107,8 +135,8 @@ class NearestUpConv(nn.Module):
 
     def __init__(self, conv: Conv, scale: int) -> None:
         super().__init__()
-        w = conv.weight.double()
-        if w.shape[-2:] != (3, 3) or tuple(conv.padding[-2:]) != (1, 1) or scale < 2:
+        w, padding = conv.weight.double(), conv.padding
+        if isinstance(padding, str) or w.shape[-2:] != (3, 3) or tuple(padding[-2:]) != (1, 1) or scale < 2:
             raise ValueError("NearestUpConv needs a 3x3 kernel with padding 1 and a scale >= 2")
         self.scale = scale
         self.cout = w.shape[0]
@@ -121,7 +149,7 @@ class NearestUpConv(nn.Module):
                 kernels.append(ca @ w @ cb.T)
                 self.starts.append((sa, sb))
         bias = None if conv.bias is None else conv.bias.double().repeat(scale * scale)
-        depth_padding = tuple(conv.padding[:-2])
+        depth_padding = padding[:-2]
         self.conv = _conv_like(torch.cat(kernels), bias, (*depth_padding, 0, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +185,9 @@ def _same_block(block: SameBlock2d) -> ConvAct:
     return ConvAct(fold_batch_norm(block.conv, block.norm), 0.01 if block.lrelu else 0.0)
 
 
-def _down_block(block: DownBlock2d | DownBlock3d) -> ConvAct:
+def _down_block(block: nn.Module) -> ConvAct:
+    if not isinstance(block, DownBlock2d | DownBlock3d):
+        raise TypeError(f"expected a DownBlock2d or DownBlock3d, got {type(block).__name__}")
     pool = (2, 2) if isinstance(block, DownBlock2d) else (1, 2, 2)
     return ConvAct(fold_batch_norm(block.conv, block.norm), pool=pool)
 
@@ -204,7 +234,7 @@ class TapSplitConv2d(nn.Module):
         return F.conv2d(F.conv2d(x, self.taps), self.shift, self.bias, padding=self.padding)
 
 
-def _winograd_eligible(conv: nn.Module) -> bool:
+def _winograd_eligible(conv: nn.Module) -> TypeGuard[nn.Conv2d]:
     """A plain 3x3, stride-1, padding-1 Conv2d with at least 64 input and output channels."""
     return (
         type(conv) is nn.Conv2d
@@ -230,6 +260,8 @@ class WinogradConv2d(nn.Module):
         super().__init__()
         self.weight = conv.weight
         self.bias = conv.bias
+        if isinstance(conv.padding, str):
+            raise ValueError(f"WinogradConv2d needs numeric padding, not {conv.padding!r}")
         self.padding = list(conv.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,7 +327,9 @@ class FastAppearance(nn.Module):
         super().__init__()
         self.reshape = (f.reshape_channel, f.reshape_depth)
         self.blocks = nn.Sequential(_same_block(f.first), *(_down_block(b) for b in f.down_blocks), f.second)
-        self.resblocks_3d = nn.Sequential(*(FastResBlock3d(b) for b in f.resblocks_3d))
+        self.resblocks_3d = nn.Sequential(
+            *(FastResBlock3d(expect_module(b, ResBlock3d)) for b in f.resblocks_3d)
+        )
         channels_last(self)
 
     def forward(self, source: torch.Tensor) -> torch.Tensor:
@@ -324,7 +358,10 @@ class FastDenseMotion(nn.Module):
         # phase-decompose up-blocks from 8x8 inputs on: at 2x2 and 4x4 the phases' (H+1)(W+1) grid
         # costs as many multiply-adds as it saves
         up_blocks = net.hourglass.decoder.up_blocks
-        self.up = nn.ModuleList(_up_block(b, phased=j >= len(up_blocks) - 3) for j, b in enumerate(up_blocks))
+        self.up = nn.ModuleList(
+            _up_block(expect_module(b, UpBlock3d), phased=j >= len(up_blocks) - 3)
+            for j, b in enumerate(up_blocks)
+        )
         self.final = ConvAct(fold_batch_norm(net.hourglass.decoder.conv, net.hourglass.decoder.norm))
         self.mask = net.mask
         self.occlusion = TapSplitConv2d(net.occlusion)
@@ -390,7 +427,7 @@ def _plain(conv: SpectralNormConv2d | nn.Conv2d) -> nn.Conv2d:
     """A plain Conv2d; a spectral-norm conv gets its normalised weight computed once."""
     if isinstance(conv, nn.Conv2d):
         return conv
-    return _conv_like(conv.weight().detach(), conv.bias, conv.padding)
+    return _conv2d_like(conv.weight().detach(), conv.bias, conv.padding)
 
 
 def _conv_weight(conv: SpectralNormConv2d | nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,7 +448,7 @@ def _modulation(spade: SPADE, project: nn.Conv2d | None = None) -> nn.Conv2d:
     if project is not None:
         p = project.weight.double()[:, :, 0, 0]  # (fout, fin)
         wb, bb = torch.einsum("of,fikl->oikl", p, wb), p @ bb
-    return _conv_like(torch.cat([wg, wb]), torch.cat([bg + 1.0, bb]), 1)
+    return _conv2d_like(torch.cat([wg, wb]), torch.cat([bg + 1.0, bb]), 1)
 
 
 class FastSPADE(nn.Module):
@@ -423,7 +460,7 @@ class FastSPADE(nn.Module):
 
     def __init__(self, spade: SPADE, scale: int, project: nn.Conv2d | None = None) -> None:
         super().__init__()
-        shared = spade.mlp_shared[0]
+        shared = expect_module(spade.mlp_shared[0], nn.Conv2d)
         self.shared = shared if scale == 1 else NearestUpConv(shared, scale)
         self.modulation = _modulation(spade, project)
 
@@ -529,7 +566,7 @@ class InferenceModel(LivePortraitModel):
     """
 
     @classmethod
-    def from_weights(  # type: ignore[override]
+    def from_weights(
         cls, weights_dir: Path, device: str | torch.device = "cpu", precision: Precision = "fp32"
     ) -> "InferenceModel":
         """Load an official-layout bundle and optimise it."""
@@ -551,10 +588,12 @@ class InferenceModel(LivePortraitModel):
             raise ValueError("bf16 on CPU needs oneDNN")
         self.precision = precision
         base.cpu()  # the rewrites are computed on the CPU (float64), then moved to `device`
-        self.appearance_feature_extractor = FastAppearance(base.appearance_feature_extractor)
+        self.appearance_feature_extractor = FastAppearance(
+            expect_module(base.appearance_feature_extractor, AppearanceFeatureExtractor)
+        )
         self.motion_extractor = base.motion_extractor
-        self.warping_module = FastWarping(base.warping_module)
-        self.spade_generator = FastSPADEDecoder(base.spade_generator)
+        self.warping_module = FastWarping(expect_module(base.warping_module, WarpingNetwork))
+        self.spade_generator = FastSPADEDecoder(expect_module(base.spade_generator, SPADEDecoder))
         self.stitching, self.lip, self.eye = base.stitching, base.lip, base.eye
         self.to(device).eval().requires_grad_(False)
         if precision != "fp32":

@@ -46,7 +46,7 @@ def mask_template() -> np.ndarray:
 
 def _support(mask: np.ndarray) -> Roi | None:
     """Bounding box (y0, y1, x0, x1) of the non-zero pixels of an (H,W,...) mask, or None if empty."""
-    nonzero = mask.reshape(mask.shape[0], mask.shape[1], -1).any(axis=2)
+    nonzero: np.ndarray = np.any(mask.reshape(mask.shape[0], mask.shape[1], -1), axis=2)
     rows = np.flatnonzero(nonzero.any(axis=1))
     if rows.size == 0:
         return None

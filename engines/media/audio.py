@@ -17,7 +17,7 @@ import numpy as np
 
 from engines.media.errors import MediaError
 from engines.media.probe import first_audio_stream, open_container
-from engines.media.sniff import IMAGE_FORMATS, mapped, sniff
+from engines.media.sniff import video_format_of
 
 _REMUXABLE = {"aac", "mp3"}
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
@@ -47,9 +47,8 @@ def copied_track(out: av.container.OutputContainer, source: Path) -> AudioTrack 
     decoded and re-encoded to AAC, cut at the sample. The audio is aligned on the start of the
     source's video track, so audio taken from a driving video stays in sync with its frames.
     """
-    with mapped(source) as buf:
-        fmt = sniff(buf)
-    if fmt in IMAGE_FORMATS:
+    fmt = video_format_of(source)
+    if fmt is None:
         return None
     container = open_container(source, fmt)
     stream = first_audio_stream(container)

@@ -1,28 +1,10 @@
-"""The media error type and the input limits checked before any pixel is decoded."""
+"""The media error type (common.media's, shared with the gateway) and the engines' decoding limits."""
 
 from dataclasses import dataclass
-from typing import Literal
 
-MediaErrorCode = Literal[
-    "unsupported_media",
-    "corrupt_media",
-    "too_large",
-    "too_long",
-    "no_frames",
-    "bad_template",
-]
+from common.media import MediaError, MediaErrorCode, MediaLimits
 
-
-class MediaError(Exception):
-    """A rejected or unreadable input; `code` is stable and machine-readable, `message` is for people."""
-
-    def __init__(self, code: MediaErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code: MediaErrorCode = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.message} [{self.code}]"
+__all__ = ["Limits", "MediaError", "MediaErrorCode"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +18,12 @@ class Limits:
     def __post_init__(self) -> None:
         if self.max_pixels < 1 or self.max_frames < 1 or not self.max_seconds > 0:
             raise ValueError("limits must be positive")
+
+    def header_limits(self) -> MediaLimits:
+        """The same bounds for `common.media.inspect_media` (one pixel bound for images and videos)."""
+        return MediaLimits(
+            max_image_pixels=self.max_pixels,
+            max_video_pixels=self.max_pixels,
+            max_frames=self.max_frames,
+            max_seconds=self.max_seconds,
+        )

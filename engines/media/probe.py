@@ -11,16 +11,9 @@ import av
 import av.container
 import av.stream
 
+from common import media as headers
+from common.media import MediaFormat, VideoFormat, inspect_media, video_format
 from engines.media.errors import Limits, MediaError
-from engines.media.sniff import (
-    IMAGE_FORMATS,
-    MediaFormat,
-    VideoFormat,
-    check_complete,
-    image_header,
-    mapped,
-    sniff,
-)
 
 _MKV_DURATION = re.compile(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)")
 _DEMUXERS: dict[VideoFormat, str] = {
@@ -47,44 +40,41 @@ class MediaInfo:
     n_frames: int
     duration: float
     has_audio: bool
+    content_type: str
 
 
 def probe(path: str | os.PathLike[str], limits: Limits | None = None) -> MediaInfo:
     """Identify `path` by content, validate its structure, and enforce `limits` from its headers.
 
-    Raises MediaError: `unsupported_media` for anything but JPEG/PNG/WebP images and
-    MP4/MOV/MKV/WebM/AVI videos, `corrupt_media` for truncated or malformed files, `too_large` /
-    `too_long` when the declared size, frame count or duration exceed the limits, and `no_frames`
-    for a video without a video track. No pixels are decoded.
+    The checks are `common.media.inspect_media`'s, the gateway's own: MediaError
+    `unsupported_media` for anything but JPEG/PNG/WebP images and MP4/MOV/MKV/WebM/AVI videos,
+    `corrupt_media` for truncated or malformed files, `too_large` / `too_long` when the declared
+    size, frame count or duration exceed the limits, and `no_frames` for a video without a video
+    track. Videos are then opened with FFmpeg (demuxer pinned), and the limits are checked again
+    against what it reports. No pixels are decoded.
     """
     limits = limits or Limits()
     path = Path(path)
-    with mapped(path) as buf:
-        fmt = sniff(buf)
-        if fmt in IMAGE_FORMATS:
-            header = image_header(buf, fmt)
-            info = MediaInfo("image", fmt, fmt, header.width, header.height, None, 1, 0.0, False)
-            check_limits(info, limits)
-            check_complete(buf, fmt)
-            return info
-        check_complete(buf, fmt)
+    with open(path, "rb") as fh:
+        header = inspect_media(fh, os.fstat(fh.fileno()).st_size, limits.header_limits())
+    fmt = video_format(header.content_type)
+    if fmt is None:
+        image = header.format
+        if header.width is None or header.height is None:  # cannot happen: the whole file was read
+            raise MediaError("corrupt_media", f"cannot read the {image} header")
+        return MediaInfo(
+            "image", image, image, header.width, header.height, None, 1, 0.0, False, header.content_type
+        )
     with open_container(path, fmt, limits.max_pixels) as container:
-        info = _video_info(container, fmt)
+        info = _video_info(container, fmt, header.content_type)
     check_limits(info, limits)
     return info
 
 
 def check_limits(info: MediaInfo, limits: Limits) -> None:
-    """Raise `too_large` / `too_long` if `info` exceeds `limits`."""
-    if info.width * info.height > limits.max_pixels:
-        raise MediaError(
-            "too_large",
-            f"{info.width}x{info.height} exceeds the limit of {limits.max_pixels} pixels per frame",
-        )
-    if info.n_frames > limits.max_frames:
-        raise MediaError("too_long", f"{info.n_frames} frames exceed the limit of {limits.max_frames}")
-    if info.duration > limits.max_seconds:
-        raise MediaError("too_long", f"{info.duration:.1f} s exceeds the limit of {limits.max_seconds:g} s")
+    """Raise `too_large` / `too_long` if `info` exceeds `limits` (`common.media.check_limits`)."""
+    declared = headers.MediaInfo(info.content_type, info.width, info.height, info.n_frames, info.duration)
+    headers.check_limits(declared, limits.header_limits())
 
 
 def open_container(
@@ -111,7 +101,7 @@ def first_audio_stream(container: av.container.InputContainer) -> av.stream.Stre
     return next((s for s in container.streams.audio if s.codec_context is not None), None)
 
 
-def _video_info(container: av.container.InputContainer, fmt: VideoFormat) -> MediaInfo:
+def _video_info(container: av.container.InputContainer, fmt: VideoFormat, content_type: str) -> MediaInfo:
     stream = next((s for s in container.streams.video if s.codec_context is not None), None)
     if stream is None:
         raise MediaError("no_frames", "the file contains no decodable video track")
@@ -138,6 +128,7 @@ def _video_info(container: av.container.InputContainer, fmt: VideoFormat) -> Med
         n_frames=n_frames,
         duration=duration,
         has_audio=first_audio_stream(container) is not None,
+        content_type=content_type,
     )
 
 

@@ -140,7 +140,11 @@ def save_template(path: str | os.PathLike[str], template: MotionTemplate) -> Non
         "n_frames": template.n_frames,
         "source": template.source_name,
     }
-    entries = {META_KEY: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **template.arrays()}
+    # Any values: mypy matches **entries against savez's `allow_pickle: bool` keyword too
+    entries: dict[str, Any] = {
+        META_KEY: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        **template.arrays(),
+    }
     part = path.with_name(path.name + ".part")
     try:
         with open(part, "wb") as fh:
@@ -306,12 +310,12 @@ def _from_official(data: object, name: str) -> MotionTemplate:
         elif present or key in _REQUIRED:
             raise _bad(f"{name}: {key!r} is missing from {len(values) - present} of {len(values)} frames")
     for key, aliases in (("c_eyes", ("c_eyes_lst", "c_d_eyes_lst")), ("c_lip", ("c_lip_lst", "c_d_lip_lst"))):
-        values = next((data[a] for a in aliases if data.get(a) is not None), None)
-        if values is None:
+        ratios = next((data[a] for a in aliases if data.get(a) is not None), None)
+        if ratios is None:
             continue
-        if not isinstance(values, list) or len(values) != len(motion):
+        if not isinstance(ratios, list) or len(ratios) != len(motion):
             raise _bad(f"{name}: {aliases[0]} must be a list with one entry per frame")
-        per_frame[key] = values
+        per_frame[key] = ratios
     arrays = {key: _stack(values, _FRAME_SHAPES[key], f"{name}: {key}") for key, values in per_frame.items()}
     return MotionTemplate(fps=data.get("output_fps") or 25, source_name=name, **arrays)
 

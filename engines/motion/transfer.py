@@ -197,6 +197,7 @@ class MotionTransfer:
             exp = region_expression(s.exp, drv.exp, region, absolute=True)
             scale, t = s.scale, (drv.t if moves_pose else s.t)
         elif self.source_is_video:  # smoothed sequences; scale and t stay the source frame's
+            assert smooth is not None, "__call__ checks that a video source comes with its smoothed motion"
             rot = smooth.R if (o.flag_video_editing_head_rotation and moves_pose) else s.R
             exp = region_expression(s.exp, smooth.exp, region, absolute=True)
             scale, t = s.scale, s.t
@@ -253,11 +254,15 @@ class MotionTransfer:
             if o.flag_eye_retargeting:
                 if drv.eye_ratio is None:
                     raise ValueError("eye retargeting needs the driving eye ratios")
+                if src.eye_ratio is None:
+                    raise ValueError("eye/lip retargeting needs source landmarks (eye and lip ratios)")
                 ratios = torch.cat([src.eye_ratio.expand(b, 2), drv.eye_ratio.view(b, 1)], dim=1)
                 deltas = deltas + self.model.retarget_eye(x_s, ratios)
             if o.flag_lip_retargeting:
                 if drv.lip_ratio is None:
                     raise ValueError("lip retargeting needs the driving lip ratios")
+                if src.lip_ratio is None:
+                    raise ValueError("eye/lip retargeting needs source landmarks (eye and lip ratios)")
                 ratios = torch.cat([src.lip_ratio.expand(b, 1), drv.lip_ratio.view(b, 1)], dim=1)
                 deltas = deltas + self.model.retarget_lip(x_s, ratios)
             x_d = (x_s if o.flag_relative_motion else x_d) + deltas

@@ -13,6 +13,9 @@ class SpectralNormConv2d(nn.Module):
     in eval mode.
     """
 
+    weight_u: torch.Tensor  # registered buffers (declared for type checkers)
+    weight_v: torch.Tensor
+
     def __init__(self, fin: int, fout: int, kernel_size: int, padding: int = 0, bias: bool = True) -> None:
         super().__init__()
         self.padding = padding

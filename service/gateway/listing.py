@@ -2,7 +2,9 @@
 
 Members are job ids, scores their creation times. The gateway adds a job before it enqueues it
 (and removes it again if the enqueue fails); entries whose job hash has expired are dropped when
-a listing meets them, and entries older than any job can live are trimmed on every add.
+a listing meets them, and entries older than any job can live are trimmed on every add. How long
+that is comes from the queue's one rule, `service.queue.job_lifetime_s`: an entry expires with the
+hash of its job created at the same time, `job_lifetime_s(settings, "queued")` after its score.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from service.queue import JobQueue, JobRecord
+from service.queue import JobQueue, JobRecord, job_lifetime_s
 from service.settings import Settings
 
 _CURSOR = re.compile(r"^(\d{1,12}(?:\.\d{1,9})?):([0-9a-f]{32})$")
@@ -50,13 +52,6 @@ class Cursor:
         return cls(float(match.group(1)), match.group(2))
 
 
-def max_job_lifetime_s(settings: Settings) -> int:
-    """An upper bound on how long a job's hash lives: all attempts and waits, then its TTL."""
-    attempts = settings.job_retries + 1
-    waits = sum(settings.retry_backoff_s) + settings.job_timeout_s * attempts
-    return max(settings.result_ttl_s, settings.failure_ttl_s) + waits
-
-
 class JobIndex:
     """Add jobs to their owner's index and page through it."""
 
@@ -64,7 +59,8 @@ class JobIndex:
         self.redis = redis
         self.queue = queue
         self._prefix = f"{settings.queue_prefix}:owner"
-        self._lifetime = max_job_lifetime_s(settings)
+        self.lifetime_s = job_lifetime_s(settings, "queued")
+        """How long after its creation time an entry is kept (as long as its job can live)."""
 
     def _key(self, owner: str) -> str:
         return f"{self._prefix}:{owner}"
@@ -74,9 +70,14 @@ class JobIndex:
         key = self._key(owner)
         with self.redis.pipeline() as pipe:
             pipe.zadd(key, {job_id: round(created_at, 6)})
-            pipe.zremrangebyscore(key, "-inf", f"({time.time() - self._lifetime}")
-            pipe.expire(key, self._lifetime)
+            pipe.zremrangebyscore(key, "-inf", f"({time.time() - self.lifetime_s}")
+            pipe.expire(key, self.lifetime_s)
             pipe.execute()
+
+    def expires_at(self, owner: str, job_id: str) -> float | None:
+        """When the owner's entry of the job is trimmed (epoch seconds), or None if it is not indexed."""
+        score = self.redis.zscore(self._key(owner), job_id)
+        return None if score is None else float(score) + self.lifetime_s
 
     def remove(self, owner: str, job_id: str) -> None:
         """Unindex a job that was never enqueued."""

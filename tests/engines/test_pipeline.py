@@ -12,13 +12,17 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import Canceled
 from common.options import AnimationOptions
+from engines import driving as driving_module
 from engines import pipeline
 from engines.demo import head_motion_frames, portrait, write_demo_inputs
 from engines.media import VideoWriter, read_image, write_image, write_test_video
 from engines.motion.template import load_template
-from engines.pipeline import AnimationCanceled, Animator, EngineError
+from engines.pipeline import Animator
+from engines.source import EngineError
 from liveportrait.cli import main
+from tests.engines.factory import cpu_animator
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def animator(weights: Path) -> Animator:
-    return Animator(weights, "cpu", frame_batch=4)
+    return cpu_animator(weights, frame_batch=4)
 
 
 def test_e2e_cli_animate_gives_h264_with_audio_at_the_driving_fps(tmp_path, weights):
@@ -145,8 +149,8 @@ def read_frames(path: Path) -> list[np.ndarray]:
 @pytest.fixture
 def stand_in_animator(weights: Path) -> Callable[..., Animator]:
     def build(**kwargs) -> Animator:
-        animator = Animator(weights, "cpu", frame_batch=2, **kwargs)
-        animator.model.render = stand_in_render
+        animator = cpu_animator(weights, frame_batch=2, **kwargs)
+        animator.engine.model.render = stand_in_render
         return animator
 
     return build
@@ -212,14 +216,16 @@ def test_paste_back_on_the_device_gives_the_host_frames(tmp_path, stand_in_anima
     assert all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True))
 
 
-def test_driving_auto_crop_on_the_device_gives_the_host_motion(tmp_path, stand_in_animator, inputs):
+def test_driving_auto_crop_on_the_device_gives_the_host_motion(
+    tmp_path, stand_in_animator, inputs, monkeypatch
+):
     """The auto-crop box needs landmark models (not shipped): a fixed box stands in for it."""
     _, driving = inputs
     box = np.array([[0.9, 0.1, -20.0], [-0.1, 0.9, 30.0], [0.0, 0.0, 1.0]])
+    monkeypatch.setattr(driving_module, "driving_crop", lambda *_: box)
     templates = []
     for on_device in (False, True):
         animator = stand_in_animator(compose_on_device=on_device)
-        animator._driving_crop = lambda *_: box
         templates.append(animator.extract_motion(driving, AnimationOptions(flag_crop_driving_video=True)))
     for key in ("exp", "R", "scale", "t", "kp"):
         np.testing.assert_array_equal(getattr(templates[0], key), getattr(templates[1], key))
@@ -256,8 +262,8 @@ def test_cancel_between_batches_stops_the_pipelined_job(tmp_path, stand_in_anima
         rendered.append(len(args[2]))
         return stand_in_render(*args)
 
-    animator.model.render = render
-    with pytest.raises(AnimationCanceled):
+    animator.engine.model.render = render
+    with pytest.raises(Canceled):
         animator.animate(
             source, driving, tmp_path / "out.mp4", AnimationOptions(), should_cancel=lambda: bool(rendered)
         )

@@ -1,11 +1,11 @@
 """engines.stages: the producer thread ahead of the inference loop and the consumer behind it."""
 
 import threading
-import time
 
 import pytest
 
 from engines.stages import Ahead, Behind
+from tests.waiting import wait_until
 
 
 def test_ahead_yields_every_item_in_order_from_another_thread():
@@ -32,9 +32,14 @@ def test_ahead_stays_at_most_depth_items_ahead():
 
     with Ahead(produce(), depth=2) as items:
         assert next(items) == 0
-        time.sleep(0.3)
-        # one item taken, `depth` queued, one in the producer's hand waiting for room
-        assert len(produced) <= 1 + 2 + 1
+        # once `depth` items are queued the producer can only hold one more, waiting for room
+        wait_until(items._queue.full, 10, "the producer to fill its queue")
+        wait_until(lambda: len(produced) == 1 + 2 + 1, 10, "the producer to take the next item in hand")
+        assert items._queue.qsize() == 2
+        # nothing is consumed, so nothing more can be produced: the producer stays blocked
+        assert items._thread.is_alive() and len(produced) == 4
+        assert next(items) == 1
+        wait_until(lambda: len(produced) == 5, 10, "the producer to move on by exactly one item")
 
 
 def test_ahead_raises_the_producers_error_in_the_consumer():
@@ -63,17 +68,23 @@ def test_ahead_close_stops_an_endless_producer():
 
 def test_behind_consumes_in_order_in_another_thread_and_finish_waits():
     seen, threads = [], set()
+    last_in_hand, release = threading.Event(), threading.Event()
 
     def consume(item):
-        time.sleep(0.01)
+        if item == 9:  # the last item stays in the consumer's hand until the test releases it
+            last_in_hand.set()
+            assert release.wait(10)
         threads.add(threading.current_thread().name)
         seen.append(item)
 
     behind = Behind(consume, depth=2, name="consumer")
     for i in range(10):
         behind.put(i)
+    assert last_in_hand.wait(10)
+    assert seen == list(range(9)), "put returns before the consumer is done"
+    release.set()
     behind.finish()
-    assert seen == list(range(10))
+    assert seen == list(range(10)), "finish returns once the item in hand is consumed"
     assert threads == {"consumer"}
 
 

@@ -20,6 +20,7 @@ from service.gateway.auth import key_id
 from service.gateway.ratelimit import RateLimiter
 from service.settings import Settings
 from tests.conftest import free_port
+from tests.waiting import wait_until
 from tests.worker.doubles import face_image, moving_frames, write_png, write_video
 
 KEY_A, KEY_B, WRONG = "alpha-secret-4f1c9e", "bravo-secret-8d2a7b", "wrong-secret-0e6f3d"
@@ -58,16 +59,16 @@ def gateway_process(settings: Settings, log: Path) -> Iterator[str]:
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert process.poll() is None, f"the gateway exited:\n{log.read_text()}"
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        wait_until(healthy, 20, "the gateway to answer /healthz")
         yield url
     finally:
         process.terminate()
@@ -110,10 +111,14 @@ def test_sliding_window_counts_the_previous_minute(redis_url: str, queue_prefix:
     """A full previous minute still blocks a caller whose current minute is empty (no fixed-window burst)."""
     client = redis.Redis.from_url(redis_url)
     limiter = RateLimiter(client, queue_prefix, limit=3)
-    seconds, _ = client.time()
-    if seconds % 60 > 58:
-        time.sleep(2)
-        seconds, _ = client.time()
+
+    def second_not_at_a_minutes_end() -> int | None:
+        """Redis's current second, unless it is one of a minute's last two (the hits below must
+        fall in the same minute)."""
+        seconds = int(client.time()[0])
+        return seconds if seconds % 60 <= 58 else None
+
+    seconds = wait_until(second_not_at_a_minutes_end, 5, "Redis's clock to leave the end of a minute")
     client.set(f"{queue_prefix}:ratelimit:busy:{seconds // 60 - 1}", 1000, ex=120)
     decision = limiter.hit("busy")
     assert not decision.allowed and 1 <= decision.retry_after_s <= 60

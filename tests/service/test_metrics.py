@@ -12,7 +12,6 @@ import math
 import subprocess
 import sys
 import threading
-import time
 import types
 from collections.abc import Callable
 from itertools import pairwise
@@ -230,6 +229,4 @@ def test_gateway_never_imports_torch(make_settings: Callable[..., Settings]) -> 
         "generate_latest(app.state.gateway.registry)\n"
         "assert 'torch' not in sys.modules, 'the gateway imported torch'\n"
     )
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-c", code, make_settings().redis_url], cwd=REPO, check=True)
-    assert time.monotonic() - started < 30
+    subprocess.run([sys.executable, "-c", code, make_settings().redis_url], cwd=REPO, check=True, timeout=120)

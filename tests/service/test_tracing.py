@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from service.logs import configure_logging
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from service.tracing import TraceContext, job_log_fields, parse_traceparent, trace_id_of
+from tests.waiting import wait_until
 from tests.worker.doubles import fake_engine, running_worker, write_inputs
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -83,11 +83,12 @@ def json_logs() -> Iterator[io.StringIO]:
 
 def wait_done(http: httpx.Client, job_id: str, timeout: float = 30) -> dict:
     """Poll a job until it ends; its final JSON."""
-    deadline = time.monotonic() + timeout
-    while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-    return job
+
+    def ended() -> dict | None:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+        return None if job["status"] in ("queued", "running") else job
+
+    return wait_until(ended, timeout, f"job {job_id} to end")
 
 
 @pytest.mark.e2e

@@ -3,7 +3,8 @@
 `FakeAnimator` stands in for the GPU engine (engines.pipeline.Animator): same `animate`
 signature, real media in and out (it decodes the inputs and writes a real H.264 MP4 with PyAV,
 frame by frame, in batches), progress after every batch, cooperative cancel between batches, and
-coded errors. It does no animation: each output frame is the source image, shifted.
+coded errors; a `Hold` stops it mid-render until the test releases it. It does no animation: each
+output frame is the source image, shifted.
 """
 
 from __future__ import annotations
@@ -21,25 +22,13 @@ from typing import Any
 import av
 import numpy as np
 
+from common.errors import Canceled, LivePortraitError
 from common.options import AnimationOptions
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from service.storage import Store, make_store
-from worker.runner import Engine
+from worker.runner import WorkerEngine
 from worker.worker import AnimationWorker, build_worker
-
-
-class FakeCanceled(Exception):
-    """What FakeAnimator raises when asked to stop (engines.pipeline.AnimationCanceled's double)."""
-
-
-class FakeEngineError(Exception):
-    """A coded engine error (engines.pipeline.EngineError's double)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -123,13 +112,48 @@ def queue_and_store(settings: Settings) -> tuple[JobQueue, Store]:
     return JobQueue(connect(settings), settings), make_store(settings)
 
 
+class Hold:
+    """Holds a FakeAnimator render once `frames` frames are done (progress reported), until released.
+
+    A test then acts on a job that is surely mid-render (cancels it, watches its heartbeats, cuts
+    the store away) instead of racing a render slowed down by sleeps. Used as a context manager
+    around the test's actions, it releases the render on the way out, whatever happened.
+    """
+
+    def __init__(self, frames: int, timeout: float = 60.0) -> None:
+        self.frames = frames
+        self.timeout = timeout
+        self.reached = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        """Let the render go on."""
+        self._released.set()
+
+    def __call__(self, frames_done: int) -> None:
+        """Called by the render after each batch: blocks the first time `frames_done` reaches `frames`."""
+        if frames_done >= self.frames and not self.reached.is_set():
+            self.reached.set()
+            if not self._released.wait(self.timeout):
+                raise RuntimeError(f"the render was held for {self.timeout:g} s and never released")
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
 class FakeAnimator:
     """The engine's test double; see the module docstring."""
 
-    def __init__(self, frame_delay: float = 0.0, frame_batch: int = 2, fail_times: int = 0) -> None:
+    def __init__(
+        self, frame_delay: float = 0.0, frame_batch: int = 2, fail_times: int = 0, hold: Hold | None = None
+    ) -> None:
         self.frame_delay = frame_delay
         self.frame_batch = frame_batch
         self.fail_times = fail_times
+        self.hold = hold
         self.calls = 0
 
     def animate(
@@ -150,7 +174,7 @@ class FakeAnimator:
             raise RuntimeError("simulated engine crash")
         image = read_rgb(source)
         if float(image.std()) < 2.0:
-            raise FakeEngineError("no_face", "no face found in the source image")
+            raise LivePortraitError("no_face", "no face found in the source image")
         with av.open(str(driving)) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or 25)
@@ -162,27 +186,32 @@ class FakeAnimator:
             video.width, video.height, video.pix_fmt = width, height, "yuv420p"
             for start in range(0, total, self.frame_batch):
                 if should_cancel is not None and should_cancel():
-                    raise FakeCanceled()
+                    raise Canceled()
                 end = min(total, start + self.frame_batch)
                 for index in range(start, end):
                     frame = av.VideoFrame.from_ndarray(np.roll(image, index, axis=1), format="rgb24")
                     for packet in video.encode(frame):
                         out.mux(packet)
-                    time.sleep(self.frame_delay)
+                    if self.frame_delay:
+                        # Slow on purpose: a worker in a subprocess cannot be given a Hold, so it
+                        # renders slowly enough for a test to signal or kill it mid-job.
+                        time.sleep(self.frame_delay)
                 if progress is not None:
                     progress(end, total)
+                if self.hold is not None:
+                    self.hold(end)
             for packet in video.encode():
                 out.mux(packet)
         return FakeResult(output=Path(output), frames=total, fps=fps)
 
 
-def fake_engine(animator: FakeAnimator | None = None) -> Engine:
-    """An Engine driving `animator` (a default FakeAnimator if none), canceled by FakeCanceled."""
-    return Engine(animator if animator is not None else FakeAnimator(), canceled=(FakeCanceled,))
+def fake_engine(animator: FakeAnimator | None = None) -> WorkerEngine:
+    """A WorkerEngine driving `animator` (a default FakeAnimator if none)."""
+    return WorkerEngine(animator if animator is not None else FakeAnimator())
 
 
 @contextmanager
-def running_worker(settings: Settings, engine: Engine) -> Iterator[AnimationWorker]:
+def running_worker(settings: Settings, engine: WorkerEngine) -> Iterator[AnimationWorker]:
     """A worker thread on the settings' queues; stopped (warm) at exit."""
     worker = build_worker(settings, engine, idle_poll_s=1)
     thread = threading.Thread(target=worker.work, kwargs={"logging_level": "WARNING"}, daemon=True)

@@ -9,7 +9,6 @@ on a small CPU they take minutes, hence also `slow`).
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,15 +20,17 @@ import pytest
 from service.client import Client
 from service.contract import Job
 from service.settings import Settings
+from tests.waiting import wait_until
 from tests.worker.doubles import (
     FakeAnimator,
+    Hold,
     fake_engine,
     running_worker,
     write_inputs,
     write_png,
     write_video,
 )
-from worker.runner import Engine
+from worker.runner import WorkerEngine
 
 API_KEY = "e2e-key"
 
@@ -116,24 +117,23 @@ def test_e2e_cancel_running_and_no_face_over_http(
     url = gateway_server(settings)
     face, driving = write_inputs(tmp_path)
     blank = write_png(tmp_path / "blank.png", np.zeros((96, 96, 3), np.uint8))
-    with running_worker(settings, fake_engine(FakeAnimator(frame_delay=0.1))), Client(url) as client:
+    hold = Hold(frames=2)
+    with running_worker(settings, fake_engine(FakeAnimator(hold=hold))), Client(url) as client, hold:
         job = client.submit(face, driving)
-        deadline = time.monotonic() + 20
-        while client.status(job.id).progress.frames_done < 2:
-            assert time.monotonic() < deadline, "the job never made progress"
-            time.sleep(0.02)
+        wait_until(lambda: client.status(job.id).progress.frames_done == 2, 20, "the job to make progress")
         assert client.cancel(job.id).cancel_requested
+        hold.release()
         canceled = client.wait(job.id, timeout=20, poll_s=0.05)
         no_face = client.wait(client.submit(blank, driving).id, timeout=20, poll_s=0.05)
         after = client.wait(client.submit(face, driving).id, timeout=20, poll_s=0.05)
-    assert canceled.status == "canceled" and canceled.progress.frames_done < 8 and canceled.result is None
+    assert canceled.status == "canceled" and canceled.progress.frames_done == 2 and canceled.result is None
     assert no_face.status == "failed" and no_face.error is not None
     assert (no_face.error.code, no_face.error.message) == ("no_face", "no face found in the source image")
     assert after.status == "succeeded", "the worker keeps going after a bad job"
 
 
 @pytest.fixture(scope="module")
-def real_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+def real_engine(tmp_path_factory: pytest.TempPathFactory) -> WorkerEngine:
     """engines.pipeline.Animator on synthetic weights, loaded once for this module."""
     import torch
 
@@ -145,23 +145,26 @@ def real_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return load_engine(Settings(weights_dir=weights, device=device, backend="torch", frame_batch=2))
 
 
-def test_the_worker_engine_follows_the_settings(real_engine: Engine, tmp_path: Path) -> None:
+def test_the_worker_engine_follows_the_settings(real_engine: WorkerEngine, tmp_path: Path) -> None:
     """Defaults: the optimised model, pipelined stages; LIVEPORTRAIT_OPTIMIZE / _PIPELINED turn them off."""
     from engines.acceleration.inference import InferenceModel
     from engines.model import LivePortraitModel
     from engines.weights import write_synthetic_bundle
     from worker.worker import load_engine
 
-    assert isinstance(real_engine.animator.model, InferenceModel) and real_engine.animator.pipelined
+    engine = real_engine.animator.engine
+    assert isinstance(engine.model, InferenceModel) and engine.pipelined
     weights = write_synthetic_bundle(tmp_path / "weights", 0)
-    settings = Settings(weights_dir=weights, device="cpu", optimize=False, pipelined=False)
-    plain = load_engine(settings).animator
+    settings = Settings(weights_dir=weights, device="cpu", optimize=False, pipelined=False, detector="haar")
+    plain = load_engine(settings).animator.engine
     assert type(plain.model) is LivePortraitModel and not plain.pipelined and plain.backend == "torch"
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_e2e_real_animator(real_engine: Engine, e2e_gateway: tuple[Settings, str], tmp_path: Path) -> None:
+def test_e2e_real_animator(
+    real_engine: WorkerEngine, e2e_gateway: tuple[Settings, str], tmp_path: Path
+) -> None:
     from engines.demo import head_motion_frames, portrait
 
     settings, url = e2e_gateway

@@ -28,8 +28,10 @@ from service.contract import InputLocation, JobPayload
 from service.queue import JobQueue, JobRecord
 from service.settings import Settings
 from service.storage import Store
+from tests.waiting import wait_until
 from tests.worker.doubles import (
     FakeAnimator,
+    Hold,
     fake_engine,
     queue_and_store,
     running_worker,
@@ -87,14 +89,12 @@ def wait_for(
     queue: JobQueue, job_id: str, done: Callable[[JobRecord], bool], timeout: float = 20.0
 ) -> JobRecord:
     """Poll the job's record until `done(record)`; returns it."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def check() -> JobRecord | None:
         record = queue.get(job_id)
-        if record is not None and done(record):
-            return record
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} stuck: {record}")
-        time.sleep(0.02)
+        return record if record is not None and done(record) else None
+
+    return wait_until(check, timeout, f"job {job_id}")
 
 
 def finished(record: JobRecord) -> bool:
@@ -111,13 +111,16 @@ def env(make_settings: Callable[..., Settings]) -> tuple[Settings, JobQueue, Sto
 
 def test_job_succeeds_with_progress_json_payload_and_cleanup(env: Any, media: dict[str, Path]) -> None:
     settings, queue, store = env
-    engine = fake_engine(FakeAnimator(frame_delay=0.03))
+    hold = Hold(frames=2)
+    engine = fake_engine(FakeAnimator(hold=hold))
     job_id = submit(queue, store, media["face"], media["driving"])
     raw = queue.redis.hget(f"rq:job:{job_id}", "data")
     assert raw is not None and not raw.startswith(b"\x80"), "RQ job data must not be a pickle"
     assert RQJob.fetch(job_id, connection=queue.redis, serializer=JSONSerializer).args[0]["job_id"] == job_id
     seen: list[int] = []
-    with running_worker(settings, engine):
+    with running_worker(settings, engine), hold:
+        wait_for(queue, job_id, lambda r: seen.append(r.frames_done) or r.frames_done == 2)  # held there
+        hold.release()
         record = wait_for(queue, job_id, lambda r: seen.append(r.frames_done) or finished(r))
     assert record.status == "succeeded", record
     assert seen == sorted(seen) and any(0 < n < 8 for n in seen), seen
@@ -149,13 +152,14 @@ def test_high_priority_runs_first(env: Any, media: dict[str, Path]) -> None:
 
 def test_cancel_running_job_between_batches(env: Any, media: dict[str, Path]) -> None:
     settings, queue, store = env
-    engine = fake_engine(FakeAnimator(frame_delay=0.1))
-    with running_worker(settings, engine):
+    hold = Hold(frames=2)
+    with running_worker(settings, fake_engine(FakeAnimator(hold=hold))), hold:
         job_id = submit(queue, store, media["face"], media["driving"])
-        wait_for(queue, job_id, lambda r: r.frames_done >= 2)
+        wait_for(queue, job_id, lambda r: r.frames_done == 2)  # the render is held after its first batch
         assert queue.cancel(job_id) == "cancel_requested"
+        hold.release()
         record = wait_for(queue, job_id, finished)
-    assert record.status == "canceled" and record.frames_done < 8
+    assert record.status == "canceled" and record.frames_done == 2, "stopped at the next batch"
     assert record.result_key is None
     assert list(Path(settings.work_dir).iterdir()) == []
 
@@ -250,7 +254,7 @@ def test_sigterm_is_a_warm_shutdown(make_settings: Callable[..., Settings], medi
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
-        "FAKE_FRAME_DELAY": "0.1",
+        "FAKE_FRAME_DELAY": "0.1",  # a subprocess worker cannot be held: it renders slowly instead
         "LIVEPORTRAIT_REDIS_URL": settings.redis_url,
         "LIVEPORTRAIT_QUEUE_PREFIX": settings.queue_prefix,
         "LIVEPORTRAIT_LOCAL_STORAGE_DIR": str(settings.local_storage_dir),
@@ -278,16 +282,23 @@ def test_heartbeats_keep_a_long_job_alive(
     settings = make_settings(worker_heartbeat_s=1)
     queue, store = queue_and_store(settings)
     wip = f"rq:wip:{settings.queue_prefix}-default"
-    with running_worker(settings, fake_engine(FakeAnimator(frame_delay=0.3))):
+
+    def expiry() -> float | None:
+        """The latest expiry of a running job's execution (None while there is none)."""
+        scores = [score for _, score in queue.redis.zrange(wip, 0, -1, withscores=True)]
+        return max(scores) if scores else None
+
+    hold = Hold(frames=2)
+    with running_worker(settings, fake_engine(FakeAnimator(hold=hold))), hold:
         job_id = submit(queue, store, media["face"], media["driving"])
-        wait_for(queue, job_id, lambda r: r.status == "running")
-        time.sleep(0.2)
-        first = max(score for _, score in queue.redis.zrange(wip, 0, -1, withscores=True))
-        time.sleep(1.6)
-        later = max(score for _, score in queue.redis.zrange(wip, 0, -1, withscores=True))
+        wait_for(queue, job_id, lambda r: r.frames_done == 2)  # held mid-render for as long as needed
+        first = wait_until(expiry, 10, "the running job's execution to be registered")
+        now = time.time()
+        wait_until(lambda: (expiry() or 0) >= first + 1.0, 20, "a heartbeat to push the expiry forward")
+        assert queue.get(job_id).status == "running"
+        hold.release()
         record = wait_for(queue, job_id, finished)
-    assert later - first >= 1.0, "the running job's expiry must move forward while it runs"
-    assert first - time.time() < 4 * settings.worker_heartbeat_s + 15 + 1, "expiry is a few heartbeats away"
+    assert first - now < 4 * settings.worker_heartbeat_s + 15 + 1, "expiry is a few heartbeats away"
     assert record.status == "succeeded"
 
 

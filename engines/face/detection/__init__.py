@@ -80,12 +80,15 @@ class FaceAnalyzer(Protocol):
 
     has_landmarks: bool
 
-    def detect(self, image_rgb: np.ndarray) -> list[Face]:
-        """All faces in an ``(H, W, 3)`` RGB uint8 image, largest box first."""
+    def detect(self, image_rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """All faces in an ``(H, W, 3)`` RGB uint8 image, largest box first; detectors with scores
+        keep those of at least ``min_score`` (default: their own threshold)."""
         ...
 
-    def landmarks(self, image_rgb: np.ndarray, prev: Face | None = None) -> Face | None:
-        """The tracked face of one video frame.
+    def landmarks(
+        self, image_rgb: np.ndarray, prev: Face | None = None, min_score: float | None = None
+    ) -> Face | None:
+        """The tracked face of one video frame (``min_score`` as in ``detect``).
 
         Without ``prev`` (first frame, or no face so far): detect and take the largest face, or
         ``None`` if there is none. With ``prev`` (the previous frame's result): follow that face.
@@ -127,7 +130,7 @@ def load_analyzer(
     if prefer != "haar":
         paths = official_model_paths(weights_dir) if weights_dir is not None else None
         missing = [str(p) for p in paths.values() if not p.is_file()] if paths else ["(no weights dir)"]
-        if not missing:
+        if paths and not missing:
             from engines.face.detection.landmarks import InsightFaceAnalyzer
 
             return InsightFaceAnalyzer.from_paths(paths, providers=providers)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from cv2.data import haarcascades
 
 from engines.face.detection import Face, check_rgb_image
 
-DEFAULT_CASCADE = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+DEFAULT_CASCADE = Path(haarcascades) / "haarcascade_frontalface_default.xml"
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -46,8 +47,9 @@ class HaarAnalyzer:
         self.min_neighbors = min_neighbors
         self.min_size_ratio = min_size_ratio
 
-    def detect(self, image_rgb: np.ndarray) -> list[Face]:
-        """Faces in an ``(H, W, 3)`` RGB uint8 image, largest box first."""
+    def detect(self, image_rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """Faces in an ``(H, W, 3)`` RGB uint8 image, largest box first. The cascade gives no scores,
+        so ``min_score`` (a job's det_thresh) does not apply; ``min_neighbors`` is its strictness."""
         check_rgb_image(image_rgb)
         gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
         side = max(24, round(min(gray.shape) * self.min_size_ratio))
@@ -59,7 +61,9 @@ class HaarAnalyzer:
         ]
         return sorted(faces, key=lambda f: f.area, reverse=True)
 
-    def landmarks(self, image_rgb: np.ndarray, prev: Face | None = None) -> Face | None:
+    def landmarks(
+        self, image_rgb: np.ndarray, prev: Face | None = None, min_score: float | None = None
+    ) -> Face | None:
         """Box-only tracking: the detection overlapping ``prev`` most (the largest one without
         ``prev`` or overlap); ``prev`` itself when this frame has no detection."""
         faces = self.detect(image_rgb)

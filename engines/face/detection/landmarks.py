@@ -114,11 +114,12 @@ class InsightFaceAnalyzer:
             Landmark203(paths["landmark203"], providers=providers),
         )
 
-    def detect(self, image_rgb: np.ndarray) -> list[Face]:
-        """Faces with box, score, kps5 and lmk106 (no lmk203), largest box first."""
+    def detect(self, image_rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """Faces scoring at least ``min_score`` (default: the detector's threshold) with box, score,
+        kps5 and lmk106 (no lmk203), largest box first."""
         return [
             Face(f.box, f.score, f.kps5, lmk106=self.lmk106.run(image_rgb, f.box))
-            for f in self.detector.detect(image_rgb)
+            for f in self.detector.detect(image_rgb, min_score)
         ]
 
     def refine(self, image_rgb: np.ndarray, face: Face) -> Face:
@@ -127,12 +128,14 @@ class InsightFaceAnalyzer:
             raise ValueError("refine needs a face with 106 landmarks")
         return Face(face.box, face.score, face.kps5, face.lmk106, self.lmk203.run(image_rgb, face.lmk106))
 
-    def landmarks(self, image_rgb: np.ndarray, prev: Face | None = None) -> Face | None:
+    def landmarks(
+        self, image_rgb: np.ndarray, prev: Face | None = None, min_score: float | None = None
+    ) -> Face | None:
         """Without ``prev``: the largest face with all landmarks, or None. With ``prev``: re-run
         the 203-point model seeded from ``prev``'s landmarks (box = the points' bounding box)."""
         check_rgb_image(image_rgb)
         if prev is None:
-            faces = self.detect(image_rgb)
+            faces = self.detect(image_rgb, min_score)
             return self.refine(image_rgb, faces[0]) if faces else None
         seed = prev.lmk203 if prev.lmk203 is not None else prev.lmk106
         if seed is None:

@@ -96,26 +96,30 @@ class SCRFD:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         fixed = isinstance(inp.shape[2], int) and isinstance(inp.shape[3], int)
-        self.input_height, self.input_width = (inp.shape[2], inp.shape[3]) if fixed else (det_size, det_size)
+        size: tuple[int, int] = (inp.shape[2], inp.shape[3]) if fixed else (det_size, det_size)
+        self.input_height, self.input_width = size
         n_out = len(self.session.get_outputs())
         if n_out != 3 * len(STRIDES):
             raise ValueError(f"{model_path}: expected {3 * len(STRIDES)} SCRFD outputs, got {n_out}")
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
 
-    def detect(self, image_rgb: np.ndarray) -> list[Face]:
-        """Faces in an ``(H, W, 3)`` RGB uint8 image (box, score, kps5), largest box first."""
+    def detect(self, image_rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """Faces in an ``(H, W, 3)`` RGB uint8 image (box, score, kps5), largest box first.
+
+        ``min_score`` overrides the detector's score threshold for this call (a job's det_thresh)."""
         check_rgb_image(image_rgb)
         canvas, scale = letterbox(image_rgb, self.input_width, self.input_height)
         blob = ((canvas.astype(np.float32) - INPUT_MEAN) / INPUT_STD).transpose(2, 0, 1)[None]
         outs = self.session.run(None, {self.input_name: np.ascontiguousarray(blob)})
-        boxes, scores, kpss = self._decode(outs)
+        threshold = self.score_threshold if min_score is None else min_score
+        boxes, scores, kpss = self._decode(outs, threshold)
         keep = nms(boxes, scores, self.nms_threshold)
         faces = [Face(box=boxes[i] / scale, score=float(scores[i]), kps5=kpss[i] / scale) for i in keep]
         return sorted(faces, key=lambda f: f.area, reverse=True)
 
-    def _decode(self, outs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates above the score threshold in canvas pixels: boxes ``(N, 4)``, scores ``(N,)``,
+    def _decode(self, outs: list[np.ndarray], threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates scoring at least `threshold`, in canvas pixels: boxes ``(N, 4)``, scores ``(N,)``,
         keypoints ``(N, 5, 2)``."""
         n = len(STRIDES)
         boxes, scores, kpss = [], [], []
@@ -126,7 +130,7 @@ class SCRFD:
             kps = outs[2 * n + k].reshape(-1, 5, 2) * stride
             if not score.shape[0] == dist.shape[0] == kps.shape[0] == centers.shape[0]:
                 raise ValueError(f"SCRFD output sizes at stride {stride} do not match the anchors")
-            idx = np.flatnonzero(score >= self.score_threshold)
+            idx = np.flatnonzero(score >= threshold)
             c = centers[idx]
             boxes.append(np.concatenate([c - dist[idx, :2], c + dist[idx, 2:]], axis=1))
             scores.append(score[idx])

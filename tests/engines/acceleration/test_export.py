@@ -34,9 +34,9 @@ from engines.acceleration.export import (
 from engines.acceleration.onnx_check import check_graph
 from engines.demo import write_demo_inputs
 from engines.model import LivePortraitModel, image_to_tensor
-from engines.pipeline import Animator
 from engines.weights import load_state_dicts
 from liveportrait.cli_engines import add_engines_commands, cmd_build, cmd_export
+from tests.engines.factory import cpu_animator
 from tests.engines.golden_utils import assert_close_sampled, golden_export_dir, rel_l2
 
 FP16_REL_L2 = 1e-2
@@ -262,10 +262,11 @@ def test_cli_build_without_tensorrt(tmp_path, capsys):
 def test_animator_runs_a_compiled_backend_from_the_cache(fp32_dir, golden_weights, tmp_path):
     digest = read_manifest(fp32_dir)["weights_hash"]
     shutil.copytree(fp32_dir, tmp_path / "cache" / "onnx" / f"{digest[:16]}-fp32")
-    animator = Animator(golden_weights, "cpu", "onnxruntime", engine_cache_dir=tmp_path / "cache")
-    assert isinstance(animator.model, OnnxRuntimeModel) and animator.backend == "onnxruntime"
+    animator = cpu_animator(golden_weights, backend="onnxruntime", engine_cache_dir=tmp_path / "cache")
+    engine = animator.engine
+    assert isinstance(engine.model, OnnxRuntimeModel) and engine.backend == "onnxruntime"
     source, driving = write_demo_inputs(tmp_path, n_frames=1)
     options = AnimationOptions(output_kind="crop", audio="none")
     result = animator.animate(source, driving, tmp_path / "out.mp4", options)
     assert (result.frames, result.width, result.height) == (1, 512, 512)
-    assert Animator(golden_weights, "cpu", "auto").backend == "torch"
+    assert cpu_animator(golden_weights, backend="auto").engine.backend == "torch"

@@ -29,7 +29,7 @@ from engines.demo import write_demo_inputs
 from engines.model import LivePortraitModel, image_to_tensor, to_uint8_frames
 from engines.motion.keypoints import source_keypoints
 from engines.networks.spade_generator import SPADEResnetBlock
-from engines.pipeline import Animator
+from tests.engines.factory import cpu_animator
 from tests.engines.golden_utils import assert_close, assert_close_sampled, assert_frames_close
 
 NO_CUDA = "no CUDA device on this machine"
@@ -205,8 +205,8 @@ def test_bf16_decoder_stays_close(golden, golden_model, rendered):
 
 
 def test_animator_runs_the_optimised_model(tmp_path, golden_weights):
-    animator = Animator(golden_weights, "cpu", frame_batch=2, optimize=True)
-    assert isinstance(animator.model, InferenceModel)
+    animator = cpu_animator(golden_weights, frame_batch=2, optimize=True)
+    assert isinstance(animator.engine.model, InferenceModel)
     source, driving = write_demo_inputs(tmp_path, n_frames=1)
     options = AnimationOptions(output_kind="crop", audio="none")
     result = animator.animate(source, driving, tmp_path / "out.mp4", options)
@@ -215,7 +215,7 @@ def test_animator_runs_the_optimised_model(tmp_path, golden_weights):
 
 def test_reduced_precision_needs_optimize(golden_weights):
     with pytest.raises(ValueError, match="optimize"):
-        Animator(golden_weights, "cpu", precision="bf16")
+        cpu_animator(golden_weights, precision="bf16")
 
 
 def test_inference_model_from_weights(golden_weights):

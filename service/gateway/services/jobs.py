@@ -1,0 +1,403 @@
+"""Jobs: parse a submission (multipart form or JSON), submit it, get, list and cancel jobs, find results.
+
+Inputs are checked by content before a job is queued (service.media): anything that is no image
+or video we read is refused as UnsupportedMedia; a truncated or malformed file, one over the pixel,
+frame or duration limits, or a video without frames as InvalidRequest naming the input and the
+reason as `type`. Functions here block (file and Redis I/O): async callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, NamedTuple, TypeVar
+
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from common.options import AnimationOptions
+from service import tracing
+from service.contract import (
+    ID_PATTERN,
+    PRIORITIES,
+    InputLocation,
+    Job,
+    JobError,
+    JobPayload,
+    JobRequest,
+    JobResult,
+    OutputSpec,
+    Priority,
+    Progress,
+)
+from service.gateway.listing import BadCursor, Cursor
+from service.gateway.services import (
+    Conflict,
+    FilePart,
+    FormFields,
+    Gone,
+    InvalidRequest,
+    NotFound,
+    TooLarge,
+    UnsupportedMedia,
+    invalid,
+)
+from service.gateway.state import Gateway
+from service.media import HEAD_BYTES, MediaLimits, MediaRejected, extension, inspect_media
+from service.queue import IdempotencyConflict, JobRecord
+from service.storage import ObjectNotFound, ReadStream, Store
+from service.urls import S3Location, UnsafeURL, check_url
+
+log = structlog.get_logger("gateway")
+M = TypeVar("M", bound=BaseModel)
+
+MULTIPART_FIELDS = frozenset({"source", "driving", "options", "priority", "output"})
+"""The fields a multipart submission may have: files `source` and `driving`, the rest JSON or text."""
+_HASH_CHUNK = 1024 * 1024
+
+
+@dataclass
+class _Part:
+    """A multipart file, inspected: spooled on disk, sniffed, hashed."""
+
+    name: str
+    file: BinaryIO
+    content_type: str
+    sha256: str
+
+
+@dataclass
+class Submission:
+    """A parsed, validated job request: inputs either uploaded parts or locations."""
+
+    inputs: dict[str, _Part | InputLocation]
+    options: AnimationOptions
+    priority: Priority
+    output: OutputSpec
+    fingerprint: str
+
+
+class Submitted(NamedTuple):
+    """The job a submission made, or the one an earlier request with its Idempotency-Key made."""
+
+    record: JobRecord
+    created: bool
+
+
+@dataclass(frozen=True)
+class Result:
+    """Where a succeeded job's result is: a presigned `url`, or (None) only in the gateway's store."""
+
+    key: str
+    content_type: str
+    filename: str
+    size_bytes: int | None
+    url: str | None
+
+
+# --- parsing a submission -------------------------------------------------------------------------
+
+
+def _fingerprint(document: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _json_field(value: object, model: type[M], name: str) -> M:
+    if value is None or value == "":
+        return model()
+    if not isinstance(value, str):
+        raise invalid([{"msg": f"'{name}' must be a JSON text field", "type": "type_error"}], name)
+    try:
+        return model.model_validate_json(value)
+    except ValidationError as exc:
+        raise invalid(exc.errors(include_url=False), name) from exc
+
+
+def _refused(exc: MediaRejected, *loc: str) -> UnsupportedMedia | InvalidRequest:
+    """The refusal of an input by its content: UnsupportedMedia if it is no media we read, else invalid."""
+    if exc.code == "unsupported_media" and len(loc) == 1:
+        return UnsupportedMedia(f"'{loc[0]}' is {exc.message}")
+    return invalid([{"msg": f"'{loc[0]}': {exc.message}", "type": exc.code}], *loc)
+
+
+def _file_part(fields: FormFields, name: str) -> FilePart:
+    part = fields.get(name)
+    if not isinstance(part, FilePart):
+        raise invalid([{"msg": f"'{name}' must be a file part", "type": "missing"}], name)
+    return part
+
+
+def _inspect_part(gateway: Gateway, part: FilePart, name: str) -> _Part:
+    """Check size and content of a spooled multipart file, and hash it."""
+    max_bytes = gateway.settings.max_input_bytes
+    size = part.size if part.size is not None else 0
+    if size > max_bytes:
+        raise TooLarge(f"'{name}' is larger than {max_bytes} bytes")
+    if size == 0:
+        raise invalid([{"msg": f"'{name}' is empty", "type": "value_error"}], name)
+    file = part.file
+    try:
+        info = inspect_media(file, size, MediaLimits.from_settings(gateway.settings))
+    except MediaRejected as exc:
+        raise _refused(exc, name) from exc
+    file.seek(0)
+    digest = hashlib.sha256()
+    while chunk := file.read(_HASH_CHUNK):
+        digest.update(chunk)
+    file.seek(0)
+    return _Part(name=name, file=file, content_type=info.content_type, sha256=digest.hexdigest())
+
+
+def parse_form(gateway: Gateway, fields: FormFields) -> Submission:
+    """A submission from a multipart form: files `source` and `driving`, `options`, `priority`, `output`.
+
+    The files are checked by content and hashed; they must stay open until the job is submitted.
+    """
+    unknown = sorted(set(fields) - MULTIPART_FIELDS)
+    if unknown:
+        allowed = ", ".join(sorted(MULTIPART_FIELDS))
+        raise invalid(
+            [{"msg": f"unknown form fields {unknown}; allowed: {allowed}", "type": "extra_forbidden"}]
+        )
+    options = _json_field(fields.get("options"), AnimationOptions, "options")
+    output = _json_field(fields.get("output"), OutputSpec, "output")
+    priority = fields.get("priority") or "default"
+    if priority not in PRIORITIES:
+        msg = f"priority must be one of {', '.join(PRIORITIES)}"
+        raise invalid([{"msg": msg, "type": "literal_error"}], "priority")
+    source = _inspect_part(gateway, _file_part(fields, "source"), "source")
+    driving = _inspect_part(gateway, _file_part(fields, "driving"), "driving")
+    document = {
+        "kind": "multipart",
+        "source": source.sha256,
+        "driving": driving.sha256,
+        "options": options.model_dump(mode="json"),
+        "output": output.model_dump(mode="json"),
+        "priority": priority,
+    }
+    return Submission(
+        {"source": source, "driving": driving},
+        options,
+        priority,
+        output,
+        _fingerprint(document),
+    )
+
+
+def _resolve_reference(gateway: Gateway, name: str, url: str | None, upload_id: str | None) -> InputLocation:
+    """Check a URL or an upload id of a JSON request and turn it into an input location."""
+    settings = gateway.settings
+    if url is not None:
+        try:
+            checked = check_url(
+                url, allow_private=settings.allow_private_urls, s3_buckets=settings.s3_input_buckets
+            )
+        except UnsafeURL as exc:
+            raise invalid([{"msg": str(exc), "type": "url_refused"}], name, "url") from exc
+        if isinstance(checked, S3Location):
+            return InputLocation(url=f"s3://{checked.bucket}/{checked.key}")
+        return InputLocation(url=checked)
+    key = f"uploads/{upload_id}"
+    try:
+        size = gateway.store.size(key)
+        head = gateway.store.read_head(key, HEAD_BYTES)
+    except ObjectNotFound as exc:
+        msg = f"upload {upload_id} not found (not uploaded yet, or expired)"
+        raise invalid([{"msg": msg, "type": "upload_missing"}], name, "upload_id") from exc
+    if size > settings.max_input_bytes:
+        raise TooLarge(f"upload {upload_id} is larger than {settings.max_input_bytes}")
+    limits = MediaLimits.from_settings(settings)
+    try:
+        info = inspect_media(io.BytesIO(head), size, limits, available=len(head))
+    except MediaRejected as exc:
+        raise _refused(exc, name, "upload_id") from exc
+    return InputLocation(key=key, content_type=info.content_type)
+
+
+def parse_json(gateway: Gateway, body: bytes) -> Submission:
+    """A submission from a JSON `JobRequest`: its URLs are checked, its uploads checked by content."""
+    try:
+        job_request = JobRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise invalid(exc.errors(include_url=False)) from exc
+    inputs: dict[str, _Part | InputLocation] = {}
+    for name in ("source", "driving"):
+        ref = getattr(job_request, name)
+        inputs[name] = _resolve_reference(gateway, name, ref.url, ref.upload_id)
+    document = {"kind": "json", **job_request.model_dump(mode="json")}
+    return Submission(
+        inputs, job_request.options, job_request.priority, job_request.output, _fingerprint(document)
+    )
+
+
+# --- submitting -----------------------------------------------------------------------------------
+
+
+def _store_input(store: Store, job_id: str, item: _Part | InputLocation) -> InputLocation:
+    if isinstance(item, InputLocation):
+        return item
+    key = f"inputs/{job_id}/{item.name}{extension(item.content_type)}"
+    store.put(key, item.file, content_type=item.content_type)
+    return InputLocation(key=key, content_type=item.content_type)
+
+
+def submit(
+    gateway: Gateway, submission: Submission, owner: str, idempotency_key: str | None = None
+) -> Submitted:
+    """Store the inputs, index and enqueue the job (or find the one this Idempotency-Key made).
+
+    Raises InvalidRequest when the key was used with another request, Conflict while the job of
+    its first use is still being created. A failed submission leaves nothing behind.
+    """
+    job_id = uuid.uuid4().hex
+    queue = gateway.queue
+    if idempotency_key is not None:
+        try:
+            existing = queue.reserve_idempotency(owner, idempotency_key, submission.fingerprint, job_id)
+        except IdempotencyConflict as exc:
+            raise InvalidRequest("this Idempotency-Key was already used with a different request") from exc
+        if existing is not None:
+            record = queue.get(existing)
+            if record is None:
+                raise Conflict("a request with this Idempotency-Key is still being processed; retry shortly")
+            return Submitted(record, False)
+    created_at = time.time()
+    gateway.index.add(owner, job_id, created_at)
+    try:
+        payload = JobPayload(
+            job_id=job_id,
+            source=_store_input(gateway.store, job_id, submission.inputs["source"]),
+            driving=_store_input(gateway.store, job_id, submission.inputs["driving"]),
+            options=submission.options,
+            output=submission.output,
+            traceparent=tracing.current_traceparent(),
+        )
+        record = queue.submit(payload, submission.priority, owner=owner, created_at=created_at)
+    except BaseException:
+        if idempotency_key is not None:
+            queue.release_idempotency(owner, idempotency_key, job_id)
+        gateway.index.remove(owner, job_id)
+        gateway.store.delete_prefix(f"inputs/{job_id}/")
+        raise
+    log.info("job.submitted", job_id=record.id, priority=submission.priority)
+    return Submitted(record, True)
+
+
+# --- reading and canceling ------------------------------------------------------------------------
+
+
+def get(gateway: Gateway, job_id: str, owner: str) -> JobRecord:
+    """The owner's job; NotFound also for other owners' jobs and malformed ids."""
+    record = None
+    if re.fullmatch(ID_PATTERN, job_id):
+        record = gateway.queue.get(job_id)
+    if record is None or record.owner != owner:
+        raise NotFound("no such job")
+    return record
+
+
+def page(gateway: Gateway, owner: str, limit: int, cursor: str | None) -> tuple[list[JobRecord], str | None]:
+    """Up to `limit` of the owner's jobs after `cursor`, newest first, and the cursor of the next page."""
+    position = None
+    if cursor is not None:
+        try:
+            position = Cursor.decode(cursor)
+        except BadCursor as exc:
+            raise InvalidRequest(
+                [{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]
+            ) from exc
+    records, following = gateway.index.page(owner, limit, position)
+    return records, following.encode() if following else None
+
+
+def cancel(gateway: Gateway, job_id: str, owner: str) -> JobRecord:
+    """Cancel the owner's job: a queued one at once (its inputs are deleted), a running one is flagged
+    for its worker to stop at the next frame batch. Returns the job afterwards; Conflict once it ended."""
+    get(gateway, job_id, owner)
+    outcome = gateway.queue.cancel(job_id)
+    log.info("job.cancel", job_id=job_id, outcome=outcome)
+    if outcome in ("succeeded", "failed"):
+        raise Conflict(f"job already {outcome}")
+    if outcome == "canceled":
+        gateway.store.delete_prefix(f"inputs/{job_id}/")
+    return get(gateway, job_id, owner)
+
+
+def result(gateway: Gateway, job_id: str, owner: str) -> Result:
+    """Where the result of the owner's job is (a presigned URL when the store hands them out).
+
+    Conflict unless the job succeeded."""
+    record = get(gateway, job_id, owner)
+    if record.status != "succeeded" or not record.result_key:
+        raise Conflict(f"job is {record.status}; a result exists once it succeeded")
+    content_type = record.result_content_type or "application/octet-stream"
+    filename = record.payload.get("output", {}).get("filename") or f"{job_id}{extension(content_type)}"
+    url = gateway.store.presigned_get(
+        record.result_key,
+        expires_s=gateway.settings.presign_expiry_s,
+        filename=filename,
+        content_type=content_type,
+    )
+    return Result(record.result_key, content_type, filename, record.result_bytes, url)
+
+
+def open_result(gateway: Gateway, found: Result) -> ReadStream:
+    """A stream of the result from the store; Gone once it is no longer stored."""
+    try:
+        return gateway.store.open(found.key)
+    except ObjectNotFound as exc:
+        raise Gone("the result is no longer stored") from exc
+
+
+# --- the public representation --------------------------------------------------------------------
+
+
+def _timestamp(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, tz=UTC) if value is not None else None
+
+
+def job_view(record: JobRecord, base_url: str) -> Job:
+    """The public representation of a job record (stable between progress updates, for ETags)."""
+    fraction = 0.0
+    eta = None
+    if record.frames_total:
+        fraction = min(1.0, record.frames_done / record.frames_total)
+        if record.status == "running" and record.frames_done and record.started_at and record.progress_at:
+            pace = (record.progress_at - record.started_at) / record.frames_done
+            eta = round(max(0.0, pace * (record.frames_total - record.frames_done)), 1)
+    if record.status == "succeeded":
+        fraction = 1.0
+    error = None
+    if record.status == "failed":
+        error = JobError(code=record.error_code or "internal_error", message=record.error_message or "")
+    job_result = None
+    if record.status == "succeeded" and record.result_key:
+        job_result = JobResult(
+            url=f"{base_url}/v1/jobs/{record.id}/result",
+            content_type=record.result_content_type or "application/octet-stream",
+            frames=record.result_frames or 0,
+            fps=record.result_fps or 0.0,
+            size_bytes=record.result_bytes,
+        )
+    return Job(
+        id=record.id,
+        status=record.status,
+        priority=record.priority,
+        created_at=_timestamp(record.created_at),
+        started_at=_timestamp(record.started_at),
+        finished_at=_timestamp(record.finished_at),
+        progress=Progress(
+            frames_done=record.frames_done, frames_total=record.frames_total, fraction=fraction, eta_s=eta
+        ),
+        error=error,
+        result=job_result,
+        cancel_requested=record.cancel_requested,
+        attempts=record.attempts,
+        trace_id=tracing.trace_id_of(record.payload.get("traceparent")),
+    )
