@@ -15,6 +15,7 @@ from typing import get_args
 from pydantic import ValidationError
 
 from common.engine_config import Backend, Detector, EngineConfig, PrecisionName
+from common.errors import LivePortraitError
 from liveportrait.arguments import add_option_arguments, options_from_args, progress_bar
 
 if typing.TYPE_CHECKING:
@@ -243,11 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(f"error: invalid options:\n{err}", file=sys.stderr)
         return 2
-    except Exception as err:
-        if hasattr(err, "code") and hasattr(err, "message"):
-            print(f"error [{err.code}]: {err.message}", file=sys.stderr)
-            return 1
-        raise
+    except LivePortraitError as err:
+        print(f"error [{err.code}]: {err.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common.errors import ErrorCode
 from common.options import AnimationOptions
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -109,7 +110,7 @@ class Progress(BaseModel):
 class JobError(BaseModel):
     """Why a job failed: a stable machine-readable code and a human-readable message."""
 
-    code: str
+    code: ErrorCode
     message: str
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
+from common.errors import LivePortraitError
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -44,14 +45,11 @@ class ObjectNotFound(StorageError):
     """No object under this key."""
 
 
-class StorageUnavailable(StorageError):
+class StorageUnavailable(StorageError, LivePortraitError):
     """The store stayed unreachable for a whole retry window; `code` and `message` go into a failed job."""
 
-    code = "storage_unavailable"
-
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+        LivePortraitError.__init__(self, "storage_unavailable", message)
 
 
 class ReadStream(Protocol):

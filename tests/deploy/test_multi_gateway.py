@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from service.client import Client
 from service.settings import Settings
 from tests.conftest import free_port
 from tests.service.test_metrics import scrape, value
+from tests.waiting import wait_until
 from tests.worker.doubles import FakeAnimator, fake_engine, running_worker, write_inputs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,12 +94,8 @@ def gateway_processes(settings: Settings, logs: list[Path]) -> Iterator[list[Gat
                     stderr=subprocess.STDOUT,
                 )
             gateways.append(GatewayProcess(f"http://127.0.0.1:{port}", process, log))
-        deadline = time.monotonic() + 30
         for gateway in gateways:
-            while not _ready(gateway):
-                assert gateway.process.poll() is None, f"the gateway exited:\n{gateway.log.read_text()}"
-                assert time.monotonic() < deadline, f"the gateway never got ready:\n{gateway.log.read_text()}"
-                time.sleep(0.05)
+            wait_until(lambda gateway=gateway: _ready(gateway), 30, f"{gateway.url}/readyz to answer 200")
         yield gateways
     finally:
         for gateway in gateways:
@@ -113,6 +109,7 @@ def gateway_processes(settings: Settings, logs: list[Path]) -> Iterator[list[Gat
 
 
 def _ready(gateway: GatewayProcess) -> bool:
+    assert gateway.process.poll() is None, f"the gateway exited:\n{gateway.log.read_text()}"
     try:
         return httpx.get(f"{gateway.url}/readyz", timeout=2).status_code == 200
     except httpx.TransportError:
@@ -171,9 +168,10 @@ def test_e2e_two_gateways_one_worker_every_job_once(
         seen: dict[str, list[str]] = {job_id: [] for job_id in ids}
         etags: dict[str, str] = {}
         pending, turn = set(ids), 0
-        deadline = time.monotonic() + 60
-        while pending:
-            assert time.monotonic() < deadline, f"jobs still pending: {pending}"
+
+        def poll_round() -> bool:
+            """Ask for every pending job once, alternating gateways; True once none is pending."""
+            nonlocal turn
             for job_id in sorted(pending):
                 headers = {"If-None-Match": etags[job_id]} if job_id in etags else {}
                 response = http[turn % 2].get(f"/v1/jobs/{job_id}", headers=headers)
@@ -185,7 +183,9 @@ def test_e2e_two_gateways_one_worker_every_job_once(
                 seen[job_id].append(response.json()["status"])
                 if response.json()["status"] not in ("queued", "running"):
                     pending.discard(job_id)
-            time.sleep(0.02)
+            return not pending
+
+        wait_until(poll_round, 60, "every job to finish")
 
         finals: dict[str, dict] = {}
         for job_id in ids:
