@@ -5,7 +5,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -64,7 +64,7 @@ def sync(device: torch.device) -> None:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+    fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Wall and process-CPU seconds of each function, `repeats` times, run in turns (ABBA order, so
     that drift in the machine's load hits every function alike) after `warmup` untimed turns."""

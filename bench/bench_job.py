@@ -111,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=title)
     for column in ("path", "median s/job", "frames/s", "s/frame", "ratio (s/frame)"):
         table.add_column(column, justify="left" if column == "path" else "right")
-    base = median(seconds[names[0]])
+    base_s = median(seconds[names[0]])
     for name in names:
         s = median(seconds[name])
-        table.add_row(name, f"{s:.1f}", f"{frames / s:.3f}", f"{s / frames:.2f}", f"{s / base:.2f}")
+        table.add_row(name, f"{s:.1f}", f"{frames / s:.3f}", f"{s / frames:.2f}", f"{s / base_s:.2f}")
     console.print(table)
     print_machine(device)
     return 0

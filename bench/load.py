@@ -351,6 +351,7 @@ def verify(args: argparse.Namespace, prefix: str, urls: list[str], stats: Stats,
     import redis
 
     from service.contract import TERMINAL_STATUSES
+    from service.metrics import text
     from service.queue import JobQueue, JobRecord
     from service.settings import Settings
 
@@ -368,7 +369,11 @@ def verify(args: argparse.Namespace, prefix: str, urls: list[str], stats: Stats,
             raws = pipe.execute()
         for job_id, raw in zip(pending, raws, strict=True):
             records[job_id] = JobRecord.from_hash(job_id, raw) if raw else None
-        pending = [j for j in pending if records[j] is None or records[j].status not in TERMINAL_STATUSES]
+        pending = [
+            job_id
+            for job_id in pending
+            if (known := records[job_id]) is None or known.status not in TERMINAL_STATUSES
+        ]
         if pending:
             time.sleep(0.2)
     verdict.drain_seconds = time.monotonic() - started
@@ -386,7 +391,7 @@ def verify(args: argparse.Namespace, prefix: str, urls: list[str], stats: Stats,
     verdict.check(
         "every job was attempted once", set(attempts) <= {1}, f"attempts seen: {sorted(set(attempts))}"
     )
-    runs = {k.decode(): int(v) for k, v in client.hgetall(runs_key(prefix)).items()}
+    runs = {text(k): int(v) for k, v in client.hgetall(runs_key(prefix)).items()}
     duplicated = [job_id for job_id, n in runs.items() if n != 1]
     unknown = set(runs) - set(accepted)
     verdict.check(

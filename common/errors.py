@@ -7,14 +7,18 @@ derives from `LivePortraitError`; anything else is an `internal_error`.
 
 from typing import Literal, get_args
 
-ErrorCode = Literal[
-    # inputs, judged from their bytes
+MediaErrorCode = Literal[
     "unsupported_media",
     "corrupt_media",
     "too_large",
     "too_long",
     "no_frames",
     "bad_template",
+]
+"""Inputs judged from their bytes (common.media)."""
+
+ErrorCode = Literal[
+    MediaErrorCode,
     # inputs, fetched by the worker
     "input_missing",
     "fetch_failed",

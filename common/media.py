@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Literal, Protocol, cast
 
-from common.errors import LivePortraitError
+from common.errors import LivePortraitError, MediaErrorCode
 
 SNIFF_BYTES = 64
 """How many leading bytes `sniff` looks at."""
@@ -67,14 +67,6 @@ MediaFormat = ImageFormat | VideoFormat
 
 IMAGE_FORMATS: tuple[ImageFormat, ...] = ("png", "jpeg", "webp")
 
-MediaErrorCode = Literal[
-    "unsupported_media",
-    "corrupt_media",
-    "too_large",
-    "too_long",
-    "no_frames",
-    "bad_template",
-]
 
 
 class MediaError(LivePortraitError):

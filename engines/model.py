@@ -19,7 +19,72 @@ from engines.networks import (
 from engines.weights import load_state_dicts
 
 
-class LivePortraitModel(nn.Module):
+class ModelMethods:
+    """The inference interface shared by LivePortraitModel and the compiled backends
+    (engines.acceleration.backends.GraphModel): the primitives each one implements (F, M, W, G and
+    the S MLPs on raw inputs) and the keypoint-level methods computed from them, defined here once.
+    """
+
+    @property
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    def extract_appearance(self, source: torch.Tensor) -> torch.Tensor:
+        """F: (B, 3, 256, 256) -> f_s (B, 32, 16, 64, 64)."""
+        raise NotImplementedError
+
+    def extract_motion_raw(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """M: (B, 3, 256, 256) -> its raw heads (kp, exp, pitch/yaw/roll bin logits, t, scale)."""
+        raise NotImplementedError
+
+    def run_mlp(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """One of the S MLPs ("stitching", "lip", "eye") on raw inputs (B, 126 | 65 | 66)."""
+        raise NotImplementedError
+
+    def warp(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> dict[str, torch.Tensor]:
+        """W: f_s (B, 32, 16, 64, 64), x_s, x_d (B, 21, 3) -> out (B, 256, 64, 64), occlusion, deformation."""
+        raise NotImplementedError
+
+    def decode(self, feature: torch.Tensor) -> torch.Tensor:
+        """G: (B, 256, 64, 64) -> (B, 3, 512, 512) in [0, 1]."""
+        raise NotImplementedError
+
+    def extract_motion(self, images: torch.Tensor) -> MotionInfo:
+        """M: (B, 3, 256, 256) -> refined motion info (keypoints, degrees, rotation)."""
+        return MotionInfo.from_raw(self.extract_motion_raw(images))
+
+    @torch.no_grad()
+    def stitch(self, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
+        """Stitching: x_d (B, 21, 3) corrected so that the crop blends into the source frame."""
+        b = x_s.shape[0]
+        delta = self.run_mlp("stitching", torch.cat([x_s.reshape(b, -1), x_d.reshape(b, -1)], dim=1))
+        x_d = x_d + delta[:, : 3 * NUM_KP].view(b, NUM_KP, 3)
+        return torch.cat([x_d[..., :2] + delta[:, None, 3 * NUM_KP : 3 * NUM_KP + 2], x_d[..., 2:]], dim=-1)
+
+    @torch.no_grad()
+    def retarget_eye(self, x_s: torch.Tensor, eye_ratios: torch.Tensor) -> torch.Tensor:
+        """Eye retargeting: x_s (B, 21, 3), [c_s,left, c_s,right, c_d,eye] (B, 3) -> delta (B, 21, 3)."""
+        b = x_s.shape[0]
+        return self.run_mlp("eye", torch.cat([x_s.reshape(b, -1), eye_ratios], dim=1)).view(b, NUM_KP, 3)
+
+    @torch.no_grad()
+    def retarget_lip(self, x_s: torch.Tensor, lip_ratios: torch.Tensor) -> torch.Tensor:
+        """Lip retargeting: x_s (B, 21, 3), [c_s,lip, c_d,lip] (B, 2) -> delta (B, 21, 3)."""
+        b = x_s.shape[0]
+        return self.run_mlp("lip", torch.cat([x_s.reshape(b, -1), lip_ratios], dim=1)).view(b, NUM_KP, 3)
+
+    @torch.no_grad()
+    def render(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
+        """W then G for B driving keypoint sets; f_s and x_s broadcast from batch 1."""
+        b = x_d.shape[0]
+        if f_s.shape[0] != b:
+            f_s = f_s.expand(b, *f_s.shape[1:])
+        if x_s.shape[0] != b:
+            x_s = x_s.expand(b, *x_s.shape[1:])
+        return self.decode(self.warp(f_s, x_s, x_d)["out"])
+
+
+class LivePortraitModel(ModelMethods, nn.Module):
     """All five networks, in eval mode. Images enter as float RGB in [0, 1], NCHW, 256x256."""
 
     def __init__(self) -> None:
@@ -57,34 +122,10 @@ class LivePortraitModel(nn.Module):
         """M: (B, 3, 256, 256) -> its raw heads (kp, exp, pitch/yaw/roll bin logits, t, scale)."""
         return self.motion_extractor(images)
 
-    def extract_motion(self, images: torch.Tensor) -> MotionInfo:
-        """M: (B, 3, 256, 256) -> refined motion info (keypoints, degrees, rotation)."""
-        return MotionInfo.from_raw(self.extract_motion_raw(images))
-
     @torch.no_grad()
     def run_mlp(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """One of the S MLPs ("stitching", "lip", "eye") on raw inputs (B, 126 | 65 | 66)."""
         return getattr(self, name)(x)
-
-    @torch.no_grad()
-    def stitch(self, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
-        """Stitching: x_d (B, 21, 3) corrected so that the crop blends into the source frame."""
-        b = x_s.shape[0]
-        delta = self.run_mlp("stitching", torch.cat([x_s.reshape(b, -1), x_d.reshape(b, -1)], dim=1))
-        x_d = x_d + delta[:, : 3 * NUM_KP].view(b, NUM_KP, 3)
-        return torch.cat([x_d[..., :2] + delta[:, None, 3 * NUM_KP : 3 * NUM_KP + 2], x_d[..., 2:]], dim=-1)
-
-    @torch.no_grad()
-    def retarget_eye(self, x_s: torch.Tensor, eye_ratios: torch.Tensor) -> torch.Tensor:
-        """Eye retargeting: x_s (B, 21, 3), [c_s,left, c_s,right, c_d,eye] (B, 3) -> delta (B, 21, 3)."""
-        b = x_s.shape[0]
-        return self.run_mlp("eye", torch.cat([x_s.reshape(b, -1), eye_ratios], dim=1)).view(b, NUM_KP, 3)
-
-    @torch.no_grad()
-    def retarget_lip(self, x_s: torch.Tensor, lip_ratios: torch.Tensor) -> torch.Tensor:
-        """Lip retargeting: x_s (B, 21, 3), [c_s,lip, c_d,lip] (B, 2) -> delta (B, 21, 3)."""
-        b = x_s.shape[0]
-        return self.run_mlp("lip", torch.cat([x_s.reshape(b, -1), lip_ratios], dim=1)).view(b, NUM_KP, 3)
 
     @torch.no_grad()
     def warp(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -95,16 +136,6 @@ class LivePortraitModel(nn.Module):
     def decode(self, feature: torch.Tensor) -> torch.Tensor:
         """G: (B, 256, 64, 64) -> (B, 3, 512, 512) in [0, 1]."""
         return self.spade_generator(feature)
-
-    @torch.no_grad()
-    def render(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
-        """W then G for B driving keypoint sets; f_s and x_s broadcast from batch 1."""
-        b = x_d.shape[0]
-        if f_s.shape[0] != b:
-            f_s = f_s.expand(b, *f_s.shape[1:])
-        if x_s.shape[0] != b:
-            x_s = x_s.expand(b, *x_s.shape[1:])
-        return self.decode(self.warp(f_s, x_s, x_d)["out"])
 
 
 def to_uint8_frames(images: torch.Tensor) -> torch.Tensor:

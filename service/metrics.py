@@ -84,10 +84,16 @@ def record_render(
         pipe.execute()
 
 
+def text(reply: bytes | str) -> str:
+    """A Redis reply as str. Our clients answer bytes (no decode_responses); redis-py types every
+    reply as bytes | str."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
 def live_workers(redis: Redis, queue_names: Sequence[str]) -> list[str]:
     """Names of the RQ workers registered on `queue_names` whose registration is alive."""
     members = (redis.smembers(WORKERS_BY_QUEUE_KEY % name) for name in queue_names)
-    keys = sorted({member.decode() for registered in members for member in registered})
+    keys = sorted({text(member) for registered in members for member in registered})
     if not keys:
         return []
     with redis.pipeline(transaction=False) as pipe:
@@ -148,12 +154,12 @@ class RedisMetricsCollector:
         return []
 
     def _snapshot(self) -> _Snapshot:
-        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key).items()}
+        raw = {text(k): text(v) for k, v in self.redis.hgetall(self.key).items()}
         snapshot = _Snapshot(raw=raw, depths=self.depths(), running=self.running())
         if self.workers is not None:
             snapshot.workers = self.workers()
             stats_key = workers_key(self.key)
-            stats = {k.decode(): v for k, v in self.redis.hgetall(stats_key).items()}
+            stats = {text(k): v for k, v in self.redis.hgetall(stats_key).items()}
             gone = sorted(set(stats) - set(snapshot.workers))
             if gone:
                 self.redis.hdel(stats_key, *gone)

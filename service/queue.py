@@ -44,7 +44,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -211,12 +211,15 @@ class JobRecord:
     result_bytes: int | None = None
 
     @classmethod
-    def from_hash(cls, job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
+    def from_hash(cls, job_id: str, raw: Mapping[bytes | str, bytes | str]) -> JobRecord:
         """Decode the Redis hash of job `job_id`."""
-        f = {k.decode(): v.decode() for k, v in raw.items()}
+        f = {metrics.text(k): metrics.text(v) for k, v in raw.items()}
 
-        def num(name: str, kind: type = float) -> float | int | None:
-            return kind(f[name]) if f.get(name) not in (None, "") else None
+        def num(name: str) -> float | None:
+            return float(f[name]) if f.get(name) not in (None, "") else None
+
+        def whole(name: str) -> int | None:
+            return int(f[name]) if f.get(name) not in (None, "") else None
 
         return cls(
             id=job_id,
@@ -229,7 +232,7 @@ class JobRecord:
             finished_at=num("finished_at"),
             progress_at=num("progress_at"),
             frames_done=int(f.get("frames_done") or 0),
-            frames_total=num("frames_total", int),
+            frames_total=whole("frames_total"),
             cancel_requested=f.get("cancel_requested") == "1",
             attempts=int(f.get("attempts") or 0),
             worker=f.get("worker"),
@@ -237,9 +240,9 @@ class JobRecord:
             error_message=f.get("error_message"),
             result_key=f.get("result_key"),
             result_content_type=f.get("result_content_type"),
-            result_frames=num("result_frames", int),
+            result_frames=whole("result_frames"),
             result_fps=num("result_fps"),
-            result_bytes=num("result_bytes", int),
+            result_bytes=whole("result_bytes"),
         )
 
 
@@ -366,16 +369,17 @@ class JobQueue:
     def cancel(self, job_id: str) -> CancelOutcome:
         """Cancel a queued job at once; flag a running one for its worker to stop between batches."""
         now = time.time()
-        outcome = self._cancel(
+        # the script answers canceled, cancel_requested, missing or ended:{succeeded|failed|canceled}
+        outcome: str = self._cancel(
             keys=[self.job_key(job_id)], args=[repr(now), job_lifetime_s(self.settings, "canceled")]
         ).decode()
         if outcome.startswith("ended:"):  # already finished (or canceled): nothing changes, nothing counted
-            return outcome.removeprefix("ended:")  # type: ignore[return-value]
+            return cast(CancelOutcome, outcome.removeprefix("ended:"))
         if outcome == "canceled":
             metrics.count_status(self.redis, self.metrics_key, "canceled")
             with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
                 RQJob.fetch(job_id, connection=self.redis, serializer=JSONSerializer).cancel()
-        return outcome  # type: ignore[return-value]
+        return cast(CancelOutcome, outcome)
 
     def depths(self) -> dict[str, int]:
         """Jobs waiting in each priority's queue."""
@@ -440,7 +444,7 @@ class JobQueue:
         attempt: int | None = None,
     ) -> bool:
         """Mark a running job succeeded with its result (refused when `attempt` was superseded)."""
-        fields = {
+        fields: dict[str, str | int] = {
             "result_key": result_key,
             "result_content_type": content_type,
             "result_frames": frames,
@@ -462,10 +466,17 @@ class JobQueue:
         """Put a running job back to queued, before RQ retries it (refused when `attempt` was superseded)."""
         return bool(self._requeue(keys=[self.job_key(job_id)], args=[_fence(attempt)]))
 
-    def _end(self, job_id: str, status: str, fields: Mapping[str, object], attempt: int | None) -> bool:
+    def _end(
+        self, job_id: str, status: str, fields: Mapping[str, str | int | float], attempt: int | None
+    ) -> bool:
         """Settle a running job in `status`; its hash then lives `job_lifetime_s(settings, status)`."""
         now = time.time()
-        flat: list[object] = [status, repr(now), job_lifetime_s(self.settings, status), _fence(attempt)]
+        flat: list[str | int | float] = [
+            status,
+            repr(now),
+            job_lifetime_s(self.settings, status),
+            _fence(attempt),
+        ]
         for name, value in fields.items():
             flat.extend((name, value))
         ended = self._finish(keys=[self.job_key(job_id)], args=flat) == b"ok"

@@ -30,6 +30,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.utils import now, utcparse
 from rq.worker import WorkerStatus
 
+from service.metrics import text
 from service.queue import JobQueue, abandoned_after_s, connect, queue_names
 from service.settings import Settings, get_settings
 from service.storage import make_store
@@ -236,14 +237,11 @@ class AnimationWorker(SimpleWorker):
             holder = self.connection.get(key)
             if holder is None:
                 continue
-            beat = self.connection.hget(SCHEDULER_KEY_TEMPLATE % holder.decode(), "last_heartbeat")
-            if (
-                beat is not None
-                and (now() - utcparse(beat.decode())).total_seconds() < self._abandoned_after_s
-            ):
+            beat = self.connection.hget(SCHEDULER_KEY_TEMPLATE % text(holder), "last_heartbeat")
+            if beat is not None and (now() - utcparse(text(beat))).total_seconds() < self._abandoned_after_s:
                 continue
             if self._release_lock(keys=[key], args=[holder]):
-                log.warning("worker.scheduler_lock_freed", queue=name, holder=holder.decode())
+                log.warning("worker.scheduler_lock_freed", queue=name, holder=text(holder))
 
     def _run_scheduler(self) -> None:
         scheduler = RQScheduler(

@@ -373,13 +373,21 @@ def export_onnx(
     return paths
 
 
+def read_json_object(path: Path, error: type[Exception], what: str) -> dict:
+    """The JSON object in `path`, or `error` naming `what` when it is unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: not {what} ({exc})") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path}: not {what} (not a JSON object)")
+    return data
+
+
 def read_manifest(export_dir: Path) -> dict:
     """The manifest.json of an export directory (ExportError when absent or not an export)."""
     path = Path(export_dir) / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"{path}: not an ONNX export manifest ({exc})") from exc
+    manifest = read_json_object(path, ExportError, "an ONNX export manifest")
     if manifest.get("format") != MANIFEST_FORMAT or set(manifest.get("graphs", ())) != set(GRAPHS):
         raise ExportError(f"{path}: unknown manifest format or graph set")
     return manifest

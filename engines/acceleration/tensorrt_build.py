@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from engines.acceleration.export import GRAPHS, PRECISIONS, read_manifest
+from engines.acceleration.export import GRAPHS, PRECISIONS, read_json_object, read_manifest
 
 ENGINE_MANIFEST = "engines.json"
 ENGINE_SUFFIX = ".engine"
@@ -213,10 +213,7 @@ def build_engines(
 def read_engine_manifest(engine_dir: Path) -> dict:
     """engines.json of an engine directory, checked to name one engine file per graph."""
     path = Path(engine_dir) / ENGINE_MANIFEST
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BuildError(f"{path}: not an engine manifest ({exc})") from exc
+    info = read_json_object(path, BuildError, "an engine manifest")
     engines = info.get("engines", {})
     if set(engines) != set(GRAPHS) or any(
         not isinstance(f, str) or f != Path(f).name or not f.endswith(ENGINE_SUFFIX) for f in engines.values()

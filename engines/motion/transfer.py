@@ -13,7 +13,7 @@ import torch
 from scipy.spatial import ConvexHull
 
 from common.options import AnimationOptions
-from engines.model import LivePortraitModel
+from engines.model import ModelMethods
 from engines.motion.keypoints import MotionInfo, transform_keypoints
 from engines.motion.smoothing import rts_smooth
 
@@ -150,7 +150,7 @@ class MotionTransfer:
 
     def __init__(
         self,
-        model: LivePortraitModel,
+        model: ModelMethods,
         options: AnimationOptions,
         source_first: SourceMotion,
         driving_first: MotionInfo,
@@ -226,6 +226,20 @@ class MotionTransfer:
         target = torch.full_like(src.eye_ratio[:, :1], self.eye_hold_target)
         return self.model.retarget_eye(src.x_s, torch.cat([src.eye_ratio, target], dim=1))
 
+    def _retarget(
+        self, part: str, x_s: torch.Tensor, source: torch.Tensor | None, driving: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The eye or lip MLP's keypoint delta (B, 21, 3) driving `part` from the source ratios (1|B, K)
+        to each driving frame's ratio (B,)."""
+        if driving is None:
+            raise ValueError(f"{part} retargeting needs the driving {part} ratios")
+        if source is None:
+            raise ValueError("eye/lip retargeting needs source landmarks (eye and lip ratios)")
+        b = x_s.shape[0]
+        ratios = torch.cat([source.expand(b, source.shape[1]), driving.view(b, 1)], dim=1)
+        retarget = self.model.retarget_eye if part == "eye" else self.model.retarget_lip
+        return retarget(x_s, ratios)
+
     @torch.no_grad()
     def __call__(
         self, src: SourceMotion, drv: DrivingMotion, smooth: SmoothedMotion | None = None
@@ -252,19 +266,9 @@ class MotionTransfer:
         else:
             deltas = torch.zeros_like(x_d)
             if o.flag_eye_retargeting:
-                if drv.eye_ratio is None:
-                    raise ValueError("eye retargeting needs the driving eye ratios")
-                if src.eye_ratio is None:
-                    raise ValueError("eye/lip retargeting needs source landmarks (eye and lip ratios)")
-                ratios = torch.cat([src.eye_ratio.expand(b, 2), drv.eye_ratio.view(b, 1)], dim=1)
-                deltas = deltas + self.model.retarget_eye(x_s, ratios)
+                deltas = deltas + self._retarget("eye", x_s, src.eye_ratio, drv.eye_ratio)
             if o.flag_lip_retargeting:
-                if drv.lip_ratio is None:
-                    raise ValueError("lip retargeting needs the driving lip ratios")
-                if src.lip_ratio is None:
-                    raise ValueError("eye/lip retargeting needs source landmarks (eye and lip ratios)")
-                ratios = torch.cat([src.lip_ratio.expand(b, 1), drv.lip_ratio.view(b, 1)], dim=1)
-                deltas = deltas + self.model.retarget_lip(x_s, ratios)
+                deltas = deltas + self._retarget("lip", x_s, src.lip_ratio, drv.lip_ratio)
             x_d = (x_s if o.flag_relative_motion else x_d) + deltas
             if o.flag_stitching:
                 x_d = self.model.stitch(x_s, x_d)

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -27,20 +26,9 @@ from service.queue import JobQueue, JobRecord
 from service.settings import Settings
 from service.storage import Store
 from tests.conftest import free_port
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll_s: float = 0.05) -> Any:
-    """Poll `condition` until it returns something truthy (returned); fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll_s)
 
 
 def finished(record: JobRecord | None) -> bool:

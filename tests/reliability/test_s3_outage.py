@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,8 +17,9 @@ import pytest
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from service.storage import S3Store, StorageUnavailable, make_store, put_with_retries
-from tests.reliability.harness import TcpProxy, s3_client, s3_keys, submit, wait_for_job, wait_until
-from tests.worker.doubles import FakeAnimator, fake_engine, running_worker
+from tests.reliability.harness import TcpProxy, s3_client, s3_keys, submit, wait_for_job
+from tests.waiting import wait_until
+from tests.worker.doubles import FakeAnimator, Hold, fake_engine, running_worker
 
 pytestmark = pytest.mark.slow
 
@@ -69,16 +69,18 @@ def test_s3_outages_within_the_retry_window_are_ridden_out(
     settings = s3_via_proxy(storage_retry_window_s=20)
     queue = JobQueue(connect(settings), settings)
     direct = make_store(settings.model_copy(update={"s3_endpoint_url": moto_endpoint}))
-    with running_worker(settings, fake_engine(FakeAnimator(frame_delay=0.1))):
+    hold = Hold(frames=4)
+    with running_worker(settings, fake_engine(FakeAnimator(hold=hold))), hold:
         proxy.disable()
         job_id = submit(queue, direct, media["face"], media["driving"])
         wait_for_refusals(proxy, 3, "the worker to retry the input download")
         proxy.enable()
-        wait_for_job(queue, job_id, lambda r: r.frames_done >= 4)
+        wait_for_job(queue, job_id, lambda r: r.frames_done == 4)  # held mid-render
         proxy.disable()
+        hold.release()
         wait_for_refusals(proxy, 3, "the worker to retry the result upload")
         during = queue.get(job_id)
-        time.sleep(1.0)
+        wait_for_refusals(proxy, 2, "the outage to outlast another retry of the upload")
         proxy.enable()
         record = wait_for_job(queue, job_id)
     assert during is not None and (during.status, during.result_key) == ("running", None)
@@ -95,18 +97,17 @@ def test_s3_outage_beyond_the_retry_window_fails_storage_unavailable(
     settings = s3_via_proxy(storage_retry_window_s=2)
     queue = JobQueue(connect(settings), settings)
     direct = make_store(settings.model_copy(update={"s3_endpoint_url": moto_endpoint}))
-    with running_worker(settings, fake_engine(FakeAnimator(frame_delay=0.05))):
+    hold = Hold(frames=4)
+    with running_worker(settings, fake_engine(FakeAnimator(hold=hold))), hold:
         job_id = submit(queue, direct, media["face"], media["driving"])
-        wait_for_job(queue, job_id, lambda r: r.frames_done >= 4)
+        wait_for_job(queue, job_id, lambda r: r.frames_done == 4)  # held mid-render
         proxy.disable()
-        started = time.monotonic()
+        hold.release()
         record = wait_for_job(queue, job_id)
-        gave_up = time.monotonic() - started
         proxy.enable()
     assert (record.status, record.error_code, record.result_key) == ("failed", "storage_unavailable", None)
     assert record.error_message is not None and "unreachable for 2 s" in record.error_message
     assert bucket_state(moto_endpoint, settings.s3_bucket, f"results/{job_id}/") == ([], [])
-    print(f"\nstorage_unavailable {gave_up:.2f} s after S3 went away (window 2 s)")
 
 
 def test_multipart_upload_cut_midway_is_retried_and_leaves_no_parts(
@@ -120,7 +121,7 @@ def test_multipart_upload_cut_midway_is_retried_and_leaves_no_parts(
 
     def come_back() -> None:
         wait_until(lambda: proxy.refused > 0, 30, "the cut")
-        time.sleep(1.0)
+        wait_until(lambda: proxy.refused >= 3, 30, "the upload to be retried during the outage")
         proxy.enable()
 
     proxy.cut_after(7 * MIB)

@@ -9,7 +9,6 @@ retry backoff 1 s).
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,13 +19,15 @@ from service.queue import JobQueue
 from service.settings import Settings
 from service.storage import Store
 from tests.reliability import harness
-from tests.reliability.harness import WorkerProcess, submit, wait_for_job, wait_until, worker_processes
+from tests.reliability.harness import WorkerProcess, submit, wait_for_job, worker_processes
+from tests.waiting import wait_until
 from tests.worker.doubles import queue_and_store
 
 pytestmark = pytest.mark.slow
 
 RENDER_DELAY_S = 0.25
-"""Per-frame delay of the first worker, so that it is surely mid-job when it is killed."""
+"""Per-frame delay of the first worker, so that it is surely mid-job when it is killed (a worker
+process cannot be stopped mid-render with a doubles.Hold, which works within one process only)."""
 
 S3Env = Callable[[int], tuple[Settings, JobQueue, Store]]
 
@@ -40,19 +41,6 @@ def s3_keys(settings: Settings, prefix: str) -> list[str]:
 def inputs_gone(settings: Settings, job_id: str) -> None:
     """Wait until the job's inputs are deleted (just after the job is settled, so before its worker stops)."""
     wait_until(lambda: s3_keys(settings, f"inputs/{job_id}/") == [], 20, "the inputs to be deleted")
-
-
-def recovery_bound(settings: Settings) -> float:
-    """Documented worst case from losing a worker to its job running again, plus process start slack."""
-    assert settings.job_abandoned_after_s is not None
-    backoff = settings.retry_backoff_s[0] if settings.retry_backoff_s else 0
-    return (
-        settings.job_abandoned_after_s
-        + settings.reaper_interval_s
-        + backoff
-        + settings.scheduler_interval_s
-        + 4.0
-    )
 
 
 def job_under_way(
@@ -69,6 +57,12 @@ def kill_mid_job(worker: WorkerProcess, queue: JobQueue, job_id: str) -> None:
     """SIGKILL `worker` once it rendered a few frames of the job."""
     wait_for_job(queue, job_id, lambda r: r.worker == worker.name and r.frames_done >= 2, timeout=30)
     worker.kill()
+
+
+def rq_state(queue: JobQueue, worker: WorkerProcess) -> str | None:
+    """The worker's state as RQ records it in Redis (busy, idle, ...)."""
+    state = queue.redis.hget(f"rq:worker:{worker.name}", "state")
+    return None if state is None else state.decode()
 
 
 @pytest.fixture
@@ -89,11 +83,9 @@ def test_killed_worker_job_is_requeued_and_finished_by_another_worker(
     with worker_processes(settings, tmp_path) as spawn:
         first, job_id = job_under_way(spawn, queue, store, media)
         first.kill()
-        killed_at = time.time()
         second = spawn("worker-b")
         rerun = wait_for_job(queue, job_id, lambda r: r.attempts == 2 and r.status == "running", timeout=30)
         record = wait_for_job(queue, job_id)
-        done_at = time.time()
         inputs_gone(settings, job_id)
     assert (record.status, record.attempts, record.worker) == ("succeeded", 2, second.name)
     assert record.result_key == f"results/{job_id}/2/output.mp4"
@@ -102,9 +94,7 @@ def test_killed_worker_job_is_requeued_and_finished_by_another_worker(
     with av.open(str(out)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 16 == record.result_frames
     assert "job.requeued" in second.log()
-    recovered = (rerun.started_at or 0) - killed_at
-    assert 0 < recovered < recovery_bound(settings), recovered
-    print(f"\nSIGKILL -> attempt 2 running: {recovered:.2f} s; -> succeeded: {done_at - killed_at:.2f} s")
+    assert rerun.worker == second.name, "attempt 2 ran on the worker started after the kill"
 
 
 def test_job_fails_worker_lost_once_retries_are_spent(
@@ -134,7 +124,8 @@ def test_stalled_worker_cannot_overwrite_the_attempt_that_replaced_it(
         replaced = wait_for_job(queue, job_id, timeout=30)
         stalled.signal(signal.SIGCONT)
         wait_until(lambda: "job.superseded" in stalled.log(), 15, "the stalled attempt to notice")
-        time.sleep(0.5)
+        # done with the superseded attempt: RQ marks the worker idle after the job's last write
+        wait_until(lambda: rq_state(queue, stalled) == "idle", 15, "the stalled worker to be idle again")
         after = queue.get(job_id)
         assert stalled.alive, "a superseded attempt is no reason to exit"
     assert (replaced.status, replaced.attempts, replaced.worker) == ("succeeded", 2, replacement.name)

@@ -193,8 +193,9 @@ class FakeAnimator:
                     for packet in video.encode(frame):
                         out.mux(packet)
                     if self.frame_delay:
-                        # Slow on purpose: a worker in a subprocess cannot be given a Hold, so it
-                        # renders slowly enough for a test to signal or kill it mid-job.
+                        # Slow on purpose, where the duration is the point: a render that takes
+                        # measurable time (metrics), or a worker in a subprocess, which cannot be
+                        # given a Hold, rendering slowly enough to be signalled or killed mid-job.
                         time.sleep(self.frame_delay)
                 if progress is not None:
                     progress(end, total)

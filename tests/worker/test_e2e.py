@@ -57,13 +57,22 @@ def e2e_gateway(
 
 
 def run_job(
-    client: Client, source: Path, driving: Path, dest: Path, **submit: object
+    client: Client, source: Path, driving: Path, dest: Path, *, hold: Hold | None = None, **submit: object
 ) -> tuple[Job, list[Job]]:
-    """Submit, wait (recording every progress report), download; returns the final job and reports."""
+    """Submit, wait (recording every progress report), download; returns the final job and reports.
+
+    With `hold` (the Hold of a FakeAnimator), the render is released once a report showed it held.
+    """
     reports: list[Job] = []
+
+    def on_progress(report: Job) -> None:
+        reports.append(report)
+        if hold is not None and report.progress.frames_done >= hold.frames:
+            hold.release()
+
     job = client.submit(source, driving, **submit)  # type: ignore[arg-type]
     assert job.status == "queued"
-    final = client.wait(job.id, timeout=900, poll_s=0.05, on_progress=reports.append)
+    final = client.wait(job.id, timeout=900, poll_s=0.05, on_progress=on_progress)
     assert final.status == "succeeded", final
     client.download(job.id, dest)
     return final, reports
@@ -82,9 +91,12 @@ def assert_progress_grew(reports: list[Job], total: int, *, strict: bool) -> Non
 def test_e2e_fake_animator(e2e_gateway: tuple[Settings, str], tmp_path: Path) -> None:
     settings, url = e2e_gateway
     source, driving = write_inputs(tmp_path)
-    engine = fake_engine(FakeAnimator(frame_delay=0.04))
-    with running_worker(settings, engine), Client(url, API_KEY) as client:
-        multipart, reports = run_job(client, source, driving, tmp_path / "a.mp4", options={"crf": 23})
+    hold = Hold(frames=2)  # the first render waits there until the client saw it mid-way
+    engine = fake_engine(FakeAnimator(hold=hold))
+    with running_worker(settings, engine), Client(url, API_KEY) as client, hold:
+        multipart, reports = run_job(
+            client, source, driving, tmp_path / "a.mp4", hold=hold, options={"crf": 23}
+        )
         direct, _ = run_job(client, source, driving, tmp_path / "b.mp4", direct_upload=True, filename="b.mp4")
         result = httpx.get(f"{url}/v1/jobs/{multipart.id}/result", headers={"X-API-Key": API_KEY})
         metrics = httpx.get(f"{url}/metrics").text

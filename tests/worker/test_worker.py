@@ -293,7 +293,7 @@ def test_heartbeats_keep_a_long_job_alive(
         job_id = submit(queue, store, media["face"], media["driving"])
         wait_for(queue, job_id, lambda r: r.frames_done == 2)  # held mid-render for as long as needed
         first = wait_until(expiry, 10, "the running job's execution to be registered")
-        now = time.time()
+        now = time.time()  # to read the expiry (a timestamp) as a distance from now, not to time anything
         wait_until(lambda: (expiry() or 0) >= first + 1.0, 20, "a heartbeat to push the expiry forward")
         assert queue.get(job_id).status == "running"
         hold.release()

@@ -1,23 +1,23 @@
 """Compiled backends (onnxruntime, TensorRT) offering LivePortraitModel's interface over exported graphs.
 
-`GraphModel` holds what every backend shares: the mapping of LivePortraitModel's methods onto the
-named graphs of `engines.acceleration.export.GRAPHS`, float32 torch tensors in and out on the
-backend's device, and the split of a batch larger than the backend's maximum. A backend only
-implements `_run`.
+`GraphModel` holds what every backend shares: the mapping of LivePortraitModel's primitives
+(`engines.model.ModelMethods`) onto the named graphs of `engines.acceleration.export.GRAPHS`,
+float32 torch tensors in and out on the backend's device, and the split of a batch larger than the
+backend's maximum. A backend only implements `_run`.
 `engines.acceleration.backends.select.load_backend` picks, exports and builds a backend by name.
 """
 
 import torch
 
 from engines.acceleration.export import GRAPHS, MLP_INPUT_SIZES, MOTION_OUTPUTS
-from engines.model import LivePortraitModel
+from engines.model import ModelMethods
 
 
 class BackendError(Exception):
     """A backend that cannot be loaded or run here (missing runtime, device or files)."""
 
 
-class GraphModel:
+class GraphModel(ModelMethods):
     """LivePortraitModel's inference methods on top of one `_run(graph, inputs)` per backend.
 
     Inputs are moved to `device` as contiguous float32; outputs are float32 tensors on `device`.
@@ -82,12 +82,8 @@ class GraphModel:
         """G: (B, 256, 64, 64) -> (B, 3, 512, 512) in [0, 1]."""
         return self.run_graph("spade_generator", {"feature": feature})["image"]
 
-    # The keypoint-level methods are LivePortraitModel's own, running on the graphs above.
-    extract_motion = LivePortraitModel.extract_motion
-    stitch = LivePortraitModel.stitch
-    retarget_eye = LivePortraitModel.retarget_eye
-    retarget_lip = LivePortraitModel.retarget_lip
-    render = LivePortraitModel.render
+    # The keypoint-level methods (extract_motion, stitch, retarget_eye, retarget_lip, render) are
+    # ModelMethods', LivePortraitModel's own, running on the graphs above.
 
 
 __all__ = ["BackendError", "GraphModel"]
