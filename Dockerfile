@@ -23,6 +23,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml ./
+COPY common ./common
 COPY liveportrait ./liveportrait
 COPY service ./service
 COPY engines ./engines
@@ -74,6 +75,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml ./
+COPY common ./common
 COPY liveportrait ./liveportrait
 COPY service ./service
 COPY engines ./engines
