@@ -22,6 +22,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -92,7 +92,7 @@ def child_render(weights: Path, batch: int, optimised: bool) -> dict:
     from common.engine_config import EngineConfig
     from engines.engine import load_engine
 
-    config = EngineConfig(weights_dir=weights, device="cpu", optimize=optimised, detector="haar")
+    config = EngineConfig(weights_dir=weights, device="cpu", optimize=optimised, detector="haar-box")
     model = load_engine(config).model
     torch.manual_seed(0)
     f_s = torch.randn(1, 32, 16, 64, 64)

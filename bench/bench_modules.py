@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     print_machine(device)
 
-    config = EngineConfig(weights_dir=weights_dir(args.weights), device=str(device), detector="haar")
+    config = EngineConfig(weights_dir=weights_dir(args.weights), device=str(device), detector="haar-box")
     eager = load_engine(config.model_copy(update={"optimize": False})).model
     fast = load_engine(
         config.model_copy(update={"precision": precision, "cuda_graphs": args.cuda_graphs})

@@ -43,6 +43,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from common.progress import RENDERING, ProgressCallback, ProgressEvent
+
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "load-test-key"
 STAND_IN = "STAND-IN MODEL: the workers copy the source image; no LivePortrait network runs."
@@ -77,17 +79,17 @@ class StandInAnimator:
         options: Any,
         *,
         limits: Any = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> StandInResult:
-        """Copy `source` to `output`, report one frame done, count this call."""
+        """Copy `source` to `output`, report one frame rendered, count this call."""
         from rq import get_current_job
 
         job = get_current_job()
         self._redis.hincrby(self._runs_key, job.id if job else "outside-a-job", 1)
         shutil.copyfile(source, output)
         if progress is not None:
-            progress(1, 1)
+            progress(ProgressEvent(RENDERING, 1, 1))
         return StandInResult(output=Path(output), frames=1, fps=25.0)
 
 

@@ -34,6 +34,7 @@ ErrorCode = Literal[
     "timeout",
     "worker_lost",
     "storage_unavailable",
+    "signing_failed",
     "internal_error",
 ]
 

@@ -25,7 +25,7 @@ from engines.model import frames_to_device, image_to_tensor
 from engines.motion.keypoints import MotionInfo, source_keypoints
 from engines.motion.template import MotionTemplate, is_motion_template, load_motion_template
 from engines.motion.transfer import DrivingMotion
-from engines.source import EngineError, detect_face, face_ratios, landmark_points
+from engines.source import EngineError, detect_face, face_ratios, landmark_points, stack_known
 from engines.stages import ahead, batches
 
 IMAGE_FPS = 25.0
@@ -42,15 +42,24 @@ def driving_crop(engine: Engine, path: Path, options: AnimationOptions, limits: 
     """The official driving auto-crop M_o2c (3, 3): one box, averaged over every frame's landmarks."""
     if not engine.analyzer.has_landmarks:
         raise EngineError("landmarks_required", str(LandmarksRequired("flag_crop_driving_video")))
-    points, face = [], None
+    points: list[np.ndarray] = []
+    face = None
     with VideoReader(path, limits) as reader:
         for frame in reader:
             face = detect_face(engine, frame, face, "driving video", options.det_thresh)
-            points.append(landmark_points(face))
+            points.append(_crop_points(face))
     return _global_box(points, options)
 
 
-def _global_box(points: list[np.ndarray | None], options: AnimationOptions) -> np.ndarray:
+def _crop_points(face: Face) -> np.ndarray:
+    """The landmarks the driving auto-crop is computed from; landmarks_required for a box-only face."""
+    points = landmark_points(face)
+    if points is None:
+        raise EngineError("landmarks_required", str(LandmarksRequired("flag_crop_driving_video")))
+    return points
+
+
+def _global_box(points: list[np.ndarray], options: AnimationOptions) -> np.ndarray:
     crop = driving_global_box(
         points,
         options.scale_crop_driving_video,
@@ -100,8 +109,8 @@ def _template(
         t=info.t.cpu().numpy(),
         kp=info.kp.cpu().numpy(),
         x_s=source_keypoints(info).cpu().numpy(),
-        c_eyes=np.stack(eyes) if eyes and all(e is not None for e in eyes) else None,
-        c_lip=np.stack(lips) if lips and all(v is not None for v in lips) else None,
+        c_eyes=stack_known(eyes),
+        c_lip=stack_known(lips),
         source_name=name,
     )
 
@@ -113,20 +122,21 @@ def video_motion(
     *,
     limits: Limits | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    frames_read: Callable[[int, int], None] | None = None,
 ) -> MotionTemplate:
     """Pass 1 over a driving video: per-frame motion (and eye/lip ratios with landmark models).
 
     Decoding and cropping run ahead in a thread; with compose_on_device, the auto-crop warp runs on
-    the model's device instead."""
+    the model's device instead. `frames_read(done, expected)` is called after each batch M read."""
     limits = limits or Limits()
     infos: list[MotionInfo] = []
     eyes: list[np.ndarray | None] = []
     lips: list[np.ndarray | None] = []
     want_ratios = engine.analyzer.has_landmarks
     M_o2c = driving_crop(engine, driving, options, limits) if options.flag_crop_driving_video else None
-    on_device = engine.compose_on_device and M_o2c is not None
+    device_crop = M_o2c if engine.compose_on_device else None  # the auto-crop, run on the device
     with VideoReader(driving, limits) as reader:
-        frames = iter(reader) if on_device else driving_crops(reader, M_o2c)
+        frames = iter(reader) if device_crop is not None else driving_crops(reader, M_o2c)
         with ahead(
             batches(frames, engine.frame_batch), enabled=engine.pipelined, name="driving-decode"
         ) as items:
@@ -134,7 +144,11 @@ def video_motion(
             for batch in items:
                 if should_cancel is not None and should_cancel():
                     raise Canceled
-                crops = crop_frames(frames_to_device(batch, engine.device), M_o2c) if on_device else batch
+                crops = (
+                    crop_frames(frames_to_device(batch, engine.device), device_crop)
+                    if device_crop is not None
+                    else batch
+                )
                 infos.append(engine.model.extract_motion(network_input(engine, crops)))
                 for crop in _host_frames(crops) if want_ratios else ():
                     face = engine.analyzer.landmarks(crop, face, min_score=options.det_thresh)
@@ -142,6 +156,9 @@ def video_motion(
                     eyes.append(eye)
                     lips.append(lip)
                 release_free_memory()
+                if frames_read is not None:
+                    done = sum(len(i) for i in infos)
+                    frames_read(done, max(reader.n_frames, done))
         fps = reader.fps or IMAGE_FPS
     return _template(infos, eyes, lips, fps, Path(driving).name)
 
@@ -151,9 +168,7 @@ def image_motion(engine: Engine, path: Path, options: AnimationOptions, limits: 
     rgb = read_image(path, limits)
     crop = cv2.resize(rgb, (512, 512))
     if options.flag_crop_driving_video:
-        points = landmark_points(detect_face(engine, rgb, None, "driving image", options.det_thresh))
-        if points is None:
-            raise EngineError("landmarks_required", str(LandmarksRequired("flag_crop_driving_video")))
+        points = _crop_points(detect_face(engine, rgb, None, "driving image", options.det_thresh))
         crop = crop_image(rgb, _global_box([points], options))
     info = engine.model.extract_motion(network_input(engine, [crop]))
     face = (
@@ -178,13 +193,16 @@ def load_driving(
     *,
     should_cancel: Callable[[], bool] | None = None,
     trust_pickle: bool = False,
+    frames_read: Callable[[int, int], None] | None = None,
 ) -> tuple[str, MotionTemplate]:
     """The driving input's kind and its motion, whatever it is (video, image or motion template)."""
     kind = driving_kind(path, limits)
     if kind == "template":
         return kind, load_motion_template(path, trust_pickle=trust_pickle)
     if kind == "video":
-        return kind, video_motion(engine, path, options, limits=limits, should_cancel=should_cancel)
+        return kind, video_motion(
+            engine, path, options, limits=limits, should_cancel=should_cancel, frames_read=frames_read
+        )
     return kind, image_motion(engine, path, options, limits)
 
 

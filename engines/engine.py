@@ -13,11 +13,21 @@ import torch
 
 from common.engine_config import EngineConfig
 from engines.acceleration.backends import GraphModel
-from engines.acceleration.inference import Precision, optimize_for_inference, resolve_precision
+from engines.acceleration.inference import (
+    Precision,
+    optimize_for_inference,
+    resolve_precision,
+    use_float32_arithmetic,
+)
 from engines.face.detection import FaceAnalyzer, load_analyzer
 from engines.model import LivePortraitModel
 
 Model = LivePortraitModel | GraphModel
+
+FRAME_BATCH: dict[str, int] = {"cpu": 1, "cuda": 16}
+"""The frame batch of each device type when the config leaves it to the device (docs/benchmarks.md):
+on a CPU, batch 2 is slower per frame than batch 1 and each extra frame costs ~0.4 GB; a GPU needs
+batches to fill its cores."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,7 +50,7 @@ class Engine:
     device: torch.device
     backend: str
     precision: Precision
-    frame_batch: int = 8
+    frame_batch: int = 1
     pipelined: bool = True
     compose_on_device: bool = False
 
@@ -58,11 +68,18 @@ def load_model(config: EngineConfig, device: torch.device, backend: str, precisi
         return load_backend(backend, config.weights_dir, device, config.engine_cache_dir, precision=precision)
     if precision != "fp32" and not config.optimize:
         raise ValueError("precision other than fp32 needs optimize=True")
+    if config.compile != "off" and not config.optimize:
+        raise ValueError("compile needs optimize=True")
+    use_float32_arithmetic(device)
     model = LivePortraitModel.from_weights(Path(config.weights_dir), device)
     if not config.optimize:
         return model
     return optimize_for_inference(
-        model, precision=precision, cuda_graphs=config.cuda_graphs, copy_model=False
+        model,
+        precision=precision,
+        cuda_graphs=config.cuda_graphs,
+        compile_mode=None if config.compile == "off" else config.compile,
+        copy_model=False,
     )
 
 
@@ -80,7 +97,7 @@ def load_engine(config: EngineConfig) -> Engine:
         device=device,
         backend=backend,
         precision=precision,
-        frame_batch=config.frame_batch,
+        frame_batch=config.frame_batch or FRAME_BATCH.get(device.type, 1),
         pipelined=config.pipelined,
         compose_on_device=device.type == "cuda"
         if config.compose_on_device is None

@@ -7,23 +7,36 @@ the side-by-side output. A video source is read twice the same way (motion first
 smoothing, then pixels). Memory stays flat in the number of frames.
 """
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 import torch
 
 from common.errors import Canceled
+from common.expression import ExpressionControls
 from common.options import AnimationOptions
+from common.progress import (
+    EXTRACTING_MOTION,
+    FINALIZING,
+    PREPARING,
+    RENDERING,
+    Phase,
+    ProgressCallback,
+    ProgressEvent,
+)
 from engines.compose import DevicePasteBack, compose_frame, pastes_back
 from engines.driving import IMAGE_FPS, driving_frames, load_driving, template_motion, video_motion
 from engines.engine import Engine
 from engines.heap import release_free_memory
 from engines.media import Limits, VideoReader, VideoWriter, probe, read_image, write_image
 from engines.model import to_uint8_frames
+from engines.motion.expression import EditBatch, expression_edit
 from engines.motion.keypoints import MotionInfo, source_keypoints
 from engines.motion.template import MotionTemplate
 from engines.motion.transfer import DrivingMotion, MotionTransfer, SourceMotion, smooth_video_motion
@@ -39,7 +52,8 @@ from engines.source import (
 )
 from engines.stages import Behind, ahead, batches
 
-Progress = Callable[[int, int], None]
+_ImageSource = tuple[SourceCrop, SourceMotion, torch.Tensor]
+"""A prepared source image: its crop, M's motion of it (x_s) and F's features f_s (1, 32, 16, 64, 64)."""
 
 
 @dataclass
@@ -63,12 +77,47 @@ class _Job:
     options: AnimationOptions
     limits: Limits
     fps: float
-    progress: Progress | None
+    progress: ProgressCallback | None
     should_cancel: Callable[[], bool] | None
+    edit: EditBatch | None = None
 
     def check_cancel(self) -> None:
         if self.should_cancel is not None and self.should_cancel():
             raise Canceled
+
+    def report(self, phase: Phase, done: int = 0, total: int | None = None) -> None:
+        _report(self.progress, phase, done, total)
+
+
+class SinkJob(Protocol):
+    """What a FrameSink reads of its job: an animate job, or an expression edit's (engines.editor)."""
+
+    @property
+    def driving(self) -> Path | None: ...
+    @property
+    def driving_kind(self) -> str: ...
+    @property
+    def output(self) -> Path: ...
+    @property
+    def options(self) -> AnimationOptions: ...
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def fps(self) -> float: ...
+    def report(self, phase: Phase, done: int = 0, total: int | None = None) -> None: ...
+
+
+def check_offsets(options: AnimationOptions, source_is_video: bool) -> None:
+    """Refuse expression offsets where the controls have no single source pose to add to."""
+    if source_is_video:
+        raise EngineError("unsupported_input", "expression offsets need an image source")
+    if not options.flag_relative_motion:
+        raise EngineError("invalid_options", "expression offsets need relative motion (flag_relative_motion)")
+
+
+def _report(progress: ProgressCallback | None, phase: Phase, done: int = 0, total: int | None = None) -> None:
+    if progress is not None:
+        progress(ProgressEvent(phase, done, total))
 
 
 class Animator:
@@ -96,16 +145,33 @@ class Animator:
         options: AnimationOptions,
         *,
         limits: Limits | None = None,
-        progress: Progress | None = None,
+        progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
         trust_pickle: bool = False,
+        expression: ExpressionControls | None = None,
     ) -> AnimateResult:
-        """Animate `source` (image or video) with `driving` (video, image or motion template)."""
+        """Animate `source` (image or video) with `driving` (video, image or motion template).
+
+        `progress` gets an event on entering each phase (common.progress) and after each batch of
+        frames M read (extracting_motion) or W and G rendered (rendering). `expression`: controls
+        added to every driven frame (an image source, relative motion: engines.motion.transfer)."""
         limits = limits or Limits()
         source, driving, output = Path(source), Path(driving), Path(output)
-        require_landmarks(self.engine, options)
+        require_landmarks(self.engine, options, ratios=expression is not None and expression.needs_landmarks)
+        _report(progress, PREPARING)
+        source_is_video = probe(source, limits).kind == "video"
+        if expression is not None:
+            check_offsets(options, source_is_video)
+        prepared = None if source_is_video else self._prepare_image_source(source, options, limits)
+        _report(progress, EXTRACTING_MOTION)
         kind, template = load_driving(
-            self.engine, driving, options, limits, should_cancel=should_cancel, trust_pickle=trust_pickle
+            self.engine,
+            driving,
+            options,
+            limits,
+            should_cancel=should_cancel,
+            trust_pickle=trust_pickle,
+            frames_read=functools.partial(_report, progress, EXTRACTING_MOTION),
         )
         drv = template_motion(template, self.engine.device)
         if (options.flag_eye_retargeting and drv.eye_ratio is None) or (
@@ -116,31 +182,44 @@ class Animator:
             )
         fps = options.output_fps or (template.fps if kind != "image" else IMAGE_FPS)
         job = _Job(driving, kind, drv, output, options, limits, fps, progress, should_cancel)
-        if probe(source, limits).kind == "video":
+        if expression is not None:
+            job.edit = EditBatch.stack([expression_edit(expression)], self.engine.device)
+        if prepared is None:
             return self._animate_video_source(source, job)
-        return self._animate_image_source(source, job)
+        return self._animate_image_source(prepared, job)
 
-    def _animate_image_source(self, source: Path, job: _Job) -> AnimateResult:
+    def _prepare_image_source(self, source: Path, options: AnimationOptions, limits: Limits) -> _ImageSource:
+        """Detect and crop the source face, then M and F on the crop."""
         engine = self.engine
-        src_crop, _ = crop_source(engine, read_image(source, job.limits), job.options)
+        src_crop, _ = crop_source(engine, read_image(source, limits), options)
         src, net_in = source_motion(engine, [src_crop])
-        f_s = engine.model.extract_appearance(net_in)
+        return src_crop, src, engine.model.extract_appearance(net_in)
+
+    def _animate_image_source(self, prepared: _ImageSource, job: _Job) -> AnimateResult:
+        engine = self.engine
+        src_crop, src, f_s = prepared
         transfer = MotionTransfer(
-            engine.model, job.options, src, job.drv.info[0:1], driving_is_video=job.driving_kind != "image"
+            engine.model,
+            job.options,
+            src,
+            job.drv.info[0:1],
+            driving_is_video=job.driving_kind != "image",
+            edit=job.edit,
         )
         if job.driving_kind == "image":
+            job.report(RENDERING, 0, 1)
             result = to_uint8_frames(engine.render(f_s, src.x_s, transfer(src, job.drv)))[0].cpu().numpy()
             still = cv2.resize(read_image(job.driving, job.limits), (512, 512))
+            job.report(RENDERING, 1, 1)
             out = compose_frame(job.options, result, src_crop, still)
+            job.report(FINALIZING)
             output = job.output.with_suffix(".png")
             write_image(output, out)
-            if job.progress:
-                job.progress(1, 1)
             return AnimateResult(output, 1, job.fps, out.shape[1], out.shape[0], "image/png")
 
         n = len(job.drv.info)
         audio = job.driving if (job.options.audio == "driving" and job.driving_kind == "video") else None
-        with _FrameSink(engine, job, n, audio) as sink:
+        with FrameSink(engine, job, n, audio) as sink:
             for start in range(0, n, engine.frame_batch):
                 job.check_cancel()
                 part = job.drv[start : start + engine.frame_batch]
@@ -169,7 +248,9 @@ class Animator:
                 infos.append(motion.info)
                 eyes += [c.eye_ratio for c in crops]
                 lips += [c.lip_ratio for c in crops]
-                if sum(len(i) for i in infos) >= len(drv.info):
+                read, N = len(eyes), len(drv.info)
+                job.report(EXTRACTING_MOTION, N + read, N + max(read, min(reader.n_frames, N)))
+                if read >= N:
                     break
         info = MotionInfo.cat(infos)
         n = min(len(info), len(drv.info))
@@ -194,7 +275,7 @@ class Animator:
                 enabled=engine.pipelined,
                 name="source-crop",
             ) as items,
-            _FrameSink(engine, job, n, audio) as sink,
+            FrameSink(engine, job, n, audio) as sink,
         ):
             start = 0
             for crops in items:
@@ -208,32 +289,33 @@ class Animator:
         return sink.result()
 
 
-class _FrameSink:
+class FrameSink:
     """Turns rendered batches into output frames and encodes them, behind the inference loop.
 
     `add` takes a batch as rendered, on the model's device. With compose_on_device the paste-back
     runs there too; otherwise the frames are composed on the CPU (OpenCV) in the encoding thread.
     The encoder opens on the first frame (its size is known then); on an error the partial file is
     removed. For the side-by-side output the driving video is decoded again alongside. Progress is
-    reported from the caller's thread, in frames encoded.
+    reported from the caller's thread: rendering in frames rendered (queued for encoding), then
+    finalizing once the last batch is in (the encoder's tail and the audio track).
     """
 
-    def __init__(self, engine: Engine, job: _Job, total: int, audio: Path | None) -> None:
-        self.job, self.total, self.audio, self.done = job, total, audio, 0
+    def __init__(self, engine: Engine, job: SinkJob, total: int, audio: Path | None) -> None:
+        self.job, self.total, self.audio, self.done, self.rendered = job, total, audio, 0, 0
         self.paste_back = (
             DevicePasteBack(engine.device) if engine.compose_on_device and pastes_back(job.options) else None
         )
         self.writer: VideoWriter | None = None
         self.reader: VideoReader | None = None
         self.driving_frames: Iterator[np.ndarray | None] = itertools.repeat(None)
-        self._reported = 0
-        if job.options.output_kind == "side_by_side" and job.driving_kind == "video":
+        if job.options.output_kind == "side_by_side" and job.driving_kind == "video" and job.driving:
             self.reader, self.driving_frames = driving_frames(engine, job.driving, job.options, job.limits)
         self._behind: Behind[tuple[torch.Tensor, list[SourceCrop]]] | None = (
             Behind(self._encode, depth=2, name="encode") if engine.pipelined else None
         )
+        job.report(RENDERING, 0, total)
 
-    def __enter__(self) -> "_FrameSink":
+    def __enter__(self) -> "FrameSink":
         return self
 
     def add(self, images: torch.Tensor, crops: list[SourceCrop]) -> None:
@@ -243,7 +325,8 @@ class _FrameSink:
             self._encode((frames, crops))
         else:
             self._behind.put((frames, crops))
-        self._report()
+        self.rendered += len(crops)
+        self.job.report(RENDERING, self.rendered, self.total)
 
     def _encode(self, item: tuple[torch.Tensor, list[SourceCrop]]) -> None:
         """Compose (unless done on the device) and encode one batch of (B, H, W, 3) uint8 frames."""
@@ -266,12 +349,6 @@ class _FrameSink:
         self.done += len(crops)
         release_free_memory()
 
-    def _report(self) -> None:
-        done = self.done
-        if self.job.progress and done != self._reported:
-            self._reported = done
-            self.job.progress(done, self.total)
-
     def result(self) -> AnimateResult:
         if self.writer is None:
             raise EngineError("no_frames", "the job rendered no frames")
@@ -280,6 +357,8 @@ class _FrameSink:
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         ok = exc_type is None
+        if ok:
+            self.job.report(FINALIZING)
         try:
             if self._behind is not None and ok:
                 self._behind.finish()
@@ -295,4 +374,3 @@ class _FrameSink:
                 self.writer.close()
             elif self.writer is not None:
                 self.writer.abort()
-        self._report()

@@ -33,6 +33,18 @@ LANDMARK_OPTIONS = (
 )
 """Options that need facial landmarks (the official 106/203-point models)."""
 
+SOURCE_OPTIONS = (
+    "source_max_dim",
+    "source_division",
+    "flag_do_crop",
+    "flag_do_rot",
+    "det_thresh",
+    "scale",
+    "vx_ratio",
+    "vy_ratio",
+)
+"""The options a prepared source depends on (what crop_source reads)."""
+
 
 class EngineError(LivePortraitError):
     """A job that cannot be done with its inputs (no face, missing landmark models, ...)."""
@@ -70,11 +82,18 @@ class PreparedSource:
         return self.motion.x_s
 
 
+def limited_size(h: int, w: int, max_dim: int) -> tuple[int, int]:
+    """(width, height) of an h x w image after the official resize to a longest side of max_dim."""
+    if max_dim > 0 and max(h, w) > max_dim:
+        return (int(w * max_dim / h), max_dim) if h > w else (max_dim, int(h * max_dim / w))
+    return w, h
+
+
 def resize_to_limit(rgb: np.ndarray, max_dim: int, division: int) -> np.ndarray:
     """The official source resize: longest side at most max_dim, sides cut to a multiple of division."""
     h, w = rgb.shape[:2]
-    if max_dim > 0 and max(h, w) > max_dim:
-        size = (int(w * max_dim / h), max_dim) if h > w else (max_dim, int(h * max_dim / w))
+    size = limited_size(h, w, max_dim)
+    if size != (w, h):
         rgb = cv2.resize(rgb, size)
     h, w = rgb.shape[:2]
     nh, nw = h - h % division, w - w % division
@@ -94,9 +113,11 @@ def face_ratios(face: Face | None) -> tuple[np.ndarray | None, np.ndarray | None
     return eye_open_ratio(lmk)[0], lip_open_ratio(lmk)[0]
 
 
-def require_landmarks(engine: Engine, options: AnimationOptions) -> None:
-    """Refuse (landmarks_required) options that need landmarks when the analyzer has none."""
+def require_landmarks(engine: Engine, options: AnimationOptions, *, ratios: bool = False) -> None:
+    """Refuse (landmarks_required) options that need landmarks when the analyzer has none; `ratios`: an
+    expression edit sets target eye or lip ratios."""
     needs = [name for name in LANDMARK_OPTIONS if getattr(options, name)]
+    needs += ["eye_ratio/lip_ratio"] if ratios else []
     if needs and not engine.analyzer.has_landmarks:
         raise EngineError("landmarks_required", str(LandmarksRequired(needs[0])))
 
@@ -152,11 +173,16 @@ def network_batch(engine: Engine, crops: list[SourceCrop]) -> torch.Tensor:
     return image_to_tensor(torch.from_numpy(batch)).to(engine.device)
 
 
+def stack_known(values: list[np.ndarray | None]) -> np.ndarray | None:
+    """(B, K) stacked ratios, or None unless there are some and every one is known."""
+    known = [v for v in values if v is not None]
+    return np.stack(known) if known and len(known) == len(values) else None
+
+
 def stack_ratios(values: list[np.ndarray | None], device: torch.device) -> torch.Tensor | None:
     """(B, K) float32 ratios on `device`, or None unless every crop has them."""
-    if not values or any(v is None for v in values):
-        return None
-    return torch.from_numpy(np.stack(values).astype(np.float32)).to(device)
+    stacked = stack_known(values)
+    return None if stacked is None else torch.from_numpy(stacked.astype(np.float32)).to(device)
 
 
 def source_motion(engine: Engine, crops: list[SourceCrop]) -> tuple[SourceMotion, torch.Tensor]:

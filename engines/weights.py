@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.engine_config import Detector
+from engines.face.detection import BLAZEFACE_FILE, LICENCES, OFFICIAL_MODEL_FILES, choose_stack
+
 MANIFEST_PATH = Path(__file__).parent / "data" / "manifest.json"
 BASE_MODULES = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
 RETARGETING_FILE = "stitching_retargeting_module"
@@ -119,20 +122,22 @@ def load_state_dicts(weights_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def check_bundle(weights_dir: Path) -> list[str]:
-    """Check a bundle against the manifest; returns human-readable lines, raises WeightsError."""
+def check_bundle(weights_dir: Path, detector: Detector = "auto") -> list[str]:
+    """Check a bundle against the manifest and say which face stack `detector` takes there, with
+    the licence of each face model; returns human-readable lines, raises WeightsError."""
     states = load_state_dicts(weights_dir)
     lines = []
     for module, state in states.items():
         n = sum(v.numel() for v in state.values())
         lines.append(f"{module}: {len(state)} tensors, {n / 1e6:.2f} M values, ok")
-    for name in (
-        "liveportrait/landmark.onnx",
-        "insightface/models/buffalo_l/det_10g.onnx",
-        "insightface/models/buffalo_l/2d106det.onnx",
-    ):
+    for name in (*OFFICIAL_MODEL_FILES.values(), BLAZEFACE_FILE):
         present = (Path(weights_dir) / name).is_file()
-        lines.append(f"{name}: {'present' if present else 'absent (licence-clean Haar detector is used)'}")
+        lines.append(f"{name}: {'present' if present else 'absent'} ({LICENCES[name]})")
+    try:
+        stack = choose_stack(weights_dir, detector)
+    except FileNotFoundError as err:
+        raise WeightsError(f"detector {detector}: {err}") from err
+    lines.append(f"detector {detector} -> {stack.describe()}")
     return lines
 
 

@@ -4,7 +4,9 @@ import argparse
 import typing
 from collections.abc import Callable
 
+from common.expression import ExpressionControls
 from common.options import AnimationOptions
+from common.progress import ProgressCallback, ProgressEvent
 
 
 def add_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +34,8 @@ def options_from_args(args: argparse.Namespace) -> AnimationOptions:
     return AnimationOptions(**given)
 
 
-def progress_bar(description: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+def progress_bar(description: str) -> tuple[ProgressCallback, Callable[[], None]]:
+    """A progress bar of a local job: the phase it is in and that phase's frames (common.progress)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     bar = Progress(
@@ -41,7 +44,37 @@ def progress_bar(description: str) -> tuple[Callable[[int, int], None], Callable
     task = bar.add_task(description, total=None)
     bar.start()
 
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
+    def update(event: ProgressEvent) -> None:
+        phase = event.phase.replace("_", " ")
+        bar.update(task, description=f"{description}: {phase}", completed=event.done, total=event.total)
 
     return update, bar.stop
+
+
+def add_expression_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per expression control (`--smile 0.8`, `--yaw 10`, `--eyeball-direction-x -5`, ...) and
+    `--expression JSON` (the same controls as one JSON object; the flags override it)."""
+    group = parser.add_argument_group("expression controls (rest: 0, mov_z 1, ratios the source's own)")
+    group.add_argument(
+        "--expression",
+        "--expression-json",
+        dest="expression_json",
+        metavar="JSON",
+        help="the controls as a JSON object, e.g. '{\"smile\": 0.5}'",
+    )
+    for name, field in ExpressionControls.model_fields.items():
+        group.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=float, default=None, help=field.description
+        )
+
+
+def expression_from_args(args: argparse.Namespace) -> ExpressionControls | None:
+    """The controls given as flags or JSON (None when there are none)."""
+    text = getattr(args, "expression_json", None)
+    given: dict[str, float | None] = {}
+    if text:
+        given = ExpressionControls.model_validate_json(text).model_dump(exclude_unset=True)
+    given.update(
+        {k: getattr(args, k) for k in ExpressionControls.model_fields if getattr(args, k, None) is not None}
+    )
+    return ExpressionControls(**given) if given or text else None

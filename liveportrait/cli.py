@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import typing
+import uuid
 from pathlib import Path
 from typing import get_args
 
@@ -16,9 +17,17 @@ from pydantic import ValidationError
 
 from common.engine_config import Backend, Detector, EngineConfig, PrecisionName
 from common.errors import LivePortraitError
-from liveportrait.arguments import add_option_arguments, options_from_args, progress_bar
+from common.expression import ExpressionControls
+from liveportrait.arguments import (
+    add_expression_arguments,
+    add_option_arguments,
+    expression_from_args,
+    options_from_args,
+    progress_bar,
+)
 
 if typing.TYPE_CHECKING:
+    from engines.media.credentials import ContentSigner
     from engines.pipeline import Animator
 
 ENGINE_FLAGS = (
@@ -55,6 +64,22 @@ def engine_config(args: argparse.Namespace) -> "EngineConfig":
         ) from err
 
 
+def _signer() -> "ContentSigner":
+    """The outputs' signer (LIVEPORTRAIT_C2PA_* settings); says so when it made development credentials."""
+    from engines.media.credentials import load_signer
+    from service.settings import Settings
+
+    signer = load_signer(Settings().credentials_config())
+    if signer.generated:
+        print(
+            f"Content credentials: no signing certificate is configured (LIVEPORTRAIT_C2PA_CERT_CHAIN and "
+            f"LIVEPORTRAIT_C2PA_PRIVATE_KEY), so a local development CA was made in {signer.development}. "
+            "Outputs are labelled as AI-generated, but their signer is untrusted (see docs/credentials.md).",
+            file=sys.stderr,
+        )
+    return signer
+
+
 def _animator(args: argparse.Namespace) -> "Animator":
     from engines.engine import load_engine
     from engines.pipeline import Animator
@@ -67,6 +92,7 @@ def _animator(args: argparse.Namespace) -> "Animator":
 
 def cmd_animate(args: argparse.Namespace) -> int:
     options = options_from_args(args)
+    signer = _signer()
     animator = _animator(args)
     update, stop = progress_bar("animating")
     try:
@@ -77,13 +103,71 @@ def cmd_animate(args: argparse.Namespace) -> int:
             options,
             progress=update,
             trust_pickle=args.trust_pickle,
+            expression=expression_from_args(args),
         )
     finally:
         stop()
+    inputs = {"source": Path(args.source), "driving": Path(args.driving)}
+    signer.sign(Path(result.output), job_id=uuid.uuid4().hex, inputs=inputs)
     print(
-        f"wrote {result.output} ({result.frames} frames, {result.width}x{result.height}, {result.fps:g} fps)"
+        f"wrote {result.output} ({result.frames} frames, {result.width}x{result.height}, {result.fps:g} fps; "
+        f"content credentials signed by {signer.subject})"
     )
     return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from common.expression import KEYFRAMES, check_edit_shape
+    from engines.editor import Editor
+    from engines.engine import load_engine
+
+    options = options_from_args(args)
+    expression = expression_from_args(args)
+    keyframes = KEYFRAMES.validate_json(Path(args.keyframes).read_bytes()) if args.keyframes else None
+    if expression is None and keyframes is None:
+        expression = ExpressionControls()  # no control given: the panel at rest
+    try:
+        check_edit_shape(False, expression, keyframes)
+    except ValueError as err:
+        raise SystemExit(f"error: {err} (the control flags make a still; --keyframes FILE a video)") from err
+    signer = _signer()
+    editor = Editor(load_engine(engine_config(args)))
+    update, stop = progress_bar("editing")
+    try:
+        result = editor.edit(
+            Path(args.source),
+            Path(args.output),
+            options,
+            expression=expression,
+            keyframes=keyframes,
+            progress=update,
+        )
+    finally:
+        stop()
+    signer.sign(Path(result.output), job_id=uuid.uuid4().hex, inputs={"source": Path(args.source)})
+    print(
+        f"wrote {result.output} ({result.frames} frames, {result.width}x{result.height}; "
+        f"content credentials signed by {signer.subject})"
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from engines.media.credentials import read_credentials
+
+    found = read_credentials(Path(args.file), Path(args.trust) if args.trust else None)
+    if found is None:
+        print(f"{args.file}: no content credentials")
+        return 1
+    maker = f"{found.generator} {found.version}" if found.generator else "an unnamed generator"
+    print(f"{args.file}: content credentials of {maker}" + ("" if found.ours else " (not ours)"))
+    print(f"  digital source type: {found.source_type or 'none'}")
+    print(f"  job: {found.job_id or 'none'}")
+    print(f"  validation: {found.state}" + (f" ({', '.join(found.problems)})" if found.problems else ""))
+    print(f"  signed by: {found.signer} (issuer {found.issuer})")
+    for role, digest in found.inputs.items():
+        print(f"  input {role}: sha256 {digest}")
+    return 0 if found.ours and found.state in ("Valid", "Trusted") else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -123,7 +207,7 @@ def cmd_weights_check(args: argparse.Namespace) -> int:
     from engines.weights import WeightsError, check_bundle
 
     try:
-        for line in check_bundle(Path(args.dir)):
+        for line in check_bundle(Path(args.dir), args.detector):
             print(line)
     except WeightsError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -135,6 +219,10 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
     from engines.download import download_bundle
 
     download_bundle(Path(args.dir), args.repo, include_insightface=args.include_insightface)
+    if args.include_blazeface:
+        from engines.download import download_blazeface
+
+        download_blazeface(Path(args.dir))
     return 0
 
 
@@ -172,7 +260,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _engine_arguments(p)
     add_option_arguments(p)
+    add_expression_arguments(p)
     p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser("edit", help="edit a portrait's expression: a still, or a video from keyframes")
+    p.add_argument("source", help="source portrait image")
+    p.add_argument("-o", "--output", required=True, help="output .png or .jpg (a still), .mp4 (keyframes)")
+    p.add_argument(
+        "--keyframes",
+        metavar="FILE.json",
+        help='a JSON list of {"expression": {...}, "change": n, "keep": m}: a video of n + m + ... frames',
+    )
+    _engine_arguments(p)
+    add_expression_arguments(p)
+    add_option_arguments(p)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("verify", help="read a file's content credentials (C2PA) and check their signature")
+    p.add_argument("file")
+    p.add_argument("--trust", help="PEM file of CA certificates to trust (e.g. the development CA's ca.pem)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="animate the bundled portrait with a generated driving video")
     p.add_argument("-o", "--output", default="liveportrait-demo.mp4")
@@ -201,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_weights_synthetic)
     p = weights.add_parser("check", help="check a bundle against the official manifest")
     p.add_argument("dir")
+    p.add_argument(
+        "--detector", choices=list(get_args(Detector)), default="auto", help="the face stack to report"
+    )
     p.set_defaults(func=cmd_weights_check)
     p = weights.add_parser(
         "download", help="download the official bundle from the model hub (needs internet)"
@@ -208,7 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--repo", default="KwaiVGI/LivePortrait")
     p.add_argument(
-        "--include-insightface", action="store_true", help="also the non-commercial detector models"
+        "--include-insightface",
+        action="store_true",
+        help="also the InsightFace detector models (non-commercial research only; docs/models.md)",
+    )
+    p.add_argument(
+        "--include-blazeface",
+        action="store_true",
+        help="also MediaPipe's BlazeFace (Apache-2.0), from the mediapipe wheel (pip; docs/models.md)",
     )
     p.set_defaults(func=cmd_weights_download)
 

@@ -1,4 +1,4 @@
-"""`liveportrait gateway|worker|submit|status|wait|download`: the two services and the REST client.
+"""`liveportrait gateway|worker|webhooks|submit|status|wait|download`: the services and the REST client.
 
 Only the service package is imported here; the worker imports the engines (and torch) itself.
 """
@@ -7,10 +7,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from liveportrait.arguments import add_option_arguments, options_from_args, progress_bar
+from liveportrait.arguments import add_option_arguments, options_from_args
 
 if TYPE_CHECKING:
     from service.client import Client
@@ -24,6 +25,22 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from service.settings import get_settings
 
     serve(get_settings())
+    return 0
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
+    from service.gateway.services.jobs import job_view
+    from service.logs import configure_logging
+    from service.settings import get_settings
+    from service.webhooks import serve
+
+    settings = get_settings()
+    configure_logging(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings, job_view))
     return 0
 
 
@@ -67,12 +84,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_bar(job_id: str) -> tuple[Callable[["Job"], None], Callable[[], None]]:
+    """A progress bar of a job: its phase (or status), the share done, the phase's frames and the ETA."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[detail]}"),
+    )
+    task = bar.add_task(f"job {job_id}", total=1.0, detail="")
+    bar.start()
+
+    def update(job: "Job") -> None:
+        p = job.progress
+        state = "stalled" if job.stalled else (p.phase or job.status).replace("_", " ")
+        frames = f"{p.phase_done}/{p.phase_total} frames" if p.phase_total else ""
+        eta = f"ETA {p.eta_s:.0f} s" if p.eta_s is not None else ""
+        detail = "  ".join(part for part in (frames, eta) if part)
+        bar.update(task, completed=p.fraction, description=f"job {job_id} {state}", detail=detail)
+
+    return update, bar.stop
+
+
 def _wait(client: "Client", job_id: str, output: str | None) -> int:
-    update, stop = progress_bar(f"job {job_id}")
+    update, stop = _job_bar(job_id)
     try:
-        job = client.wait(
-            job_id, on_progress=lambda j: update(j.progress.frames_done, j.progress.frames_total or 0)
-        )
+        job = client.wait(job_id, on_progress=update)
     finally:
         stop()
     if job.status != "succeeded":
@@ -108,6 +147,9 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         "gateway", help="run the REST gateway (settings from LIVEPORTRAIT_* variables)"
     ).set_defaults(func=cmd_gateway)
     sub.add_parser("worker", help="run a queue worker (one process per GPU)").set_defaults(func=cmd_worker)
+    sub.add_parser(
+        "webhooks", help="run a webhook dispatcher (for gateways with LIVEPORTRAIT_WEBHOOK_DISPATCHER=false)"
+    ).set_defaults(func=cmd_webhooks)
 
     p = sub.add_parser("submit", help="submit a job to a gateway")
     p.add_argument("source", help="file path or http(s)/s3 URL")

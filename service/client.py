@@ -1,4 +1,4 @@
-"""A small Python client of the REST API: submit, status, wait (with progress), cancel, download.
+"""A small Python client of the REST API: submit, status, events, wait (with progress), cancel, download.
 
     with Client("http://127.0.0.1:8000", api_key="...") as client:
         job = client.submit("portrait.jpg", "driving.mp4", options={"flag_stitching": True})
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,23 @@ from urllib.parse import urljoin
 
 import httpx
 
+from common.expression import KEYFRAMES, ExpressionControls, Keyframe
 from common.options import AnimationOptions
-from service.contract import TERMINAL_STATUSES, Job, Upload
+from service.contract import TERMINAL_STATUSES, Job, Upload, WebhookSpec
 
 Input = str | PathLike[str]
+STREAM_READ_TIMEOUT_S = 60.0
+"""Longest silence on an event stream before it counts as broken (the gateway sends keep-alives)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a job: its id (for Last-Event-ID) and the job as it was then."""
+
+    id: str
+    job: Job
+
+
 _URL_SCHEMES = ("http://", "https://", "s3://")
 
 
@@ -38,6 +52,10 @@ class ApiError(Exception):
         self.detail = detail
 
 
+def _timed_out(job_id: str, job: Job | None, timeout: float | None) -> TimeoutError:
+    return TimeoutError(f"job {job_id} still {job.status if job else 'unknown'} after {timeout} s")
+
+
 def _is_url(value: Input) -> bool:
     return isinstance(value, str) and value.lower().startswith(_URL_SCHEMES)
 
@@ -47,6 +65,22 @@ def _options_json(options: AnimationOptions | Mapping[str, Any] | None) -> dict[
         return {}
     model = options if isinstance(options, AnimationOptions) else AnimationOptions.model_validate(options)
     return model.model_dump(mode="json", exclude_defaults=True)
+
+
+def _edit_json(
+    expression: ExpressionControls | Mapping[str, Any] | None,
+    keyframes: list[Keyframe] | list[Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    """The `expression` and `keyframes` of a request as JSON values (only those given)."""
+    edit: dict[str, Any] = {}
+    if expression is not None:
+        controls = ExpressionControls.model_validate(expression)
+        edit["expression"] = controls.model_dump(mode="json", exclude_unset=True)
+    if keyframes is not None:
+        edit["keyframes"] = KEYFRAMES.dump_python(
+            KEYFRAMES.validate_python(keyframes), mode="json", exclude_unset=True
+        )
+    return edit
 
 
 class Client:
@@ -101,34 +135,45 @@ class Client:
     def submit(
         self,
         source: Input,
-        driving: Input,
+        driving: Input | None = None,
         *,
         options: AnimationOptions | Mapping[str, Any] | None = None,
+        expression: ExpressionControls | Mapping[str, Any] | None = None,
+        keyframes: list[Keyframe] | list[Mapping[str, Any]] | None = None,
         priority: str = "default",
         filename: str | None = None,
         idempotency_key: str | None = None,
         direct_upload: bool = False,
+        webhook: WebhookSpec | Mapping[str, Any] | None = None,
     ) -> Job:
-        """Submit a job. Local files go as multipart unless `direct_upload` (or a URL is mixed in)."""
+        """Submit a job: an animation (`driving`), a still edit (`expression` alone), a keyframe video
+        (`keyframes`), or an animation with `expression` offsets. Local files go as multipart unless
+        `direct_upload` (or a URL is mixed in). `webhook` {url, events}: where the service POSTs the
+        job's events."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         opts = _options_json(options)
         output = {"filename": filename} if filename else {}
-        if direct_upload or _is_url(source) or _is_url(driving):
+        inputs = {"source": source, **({"driving": driving} if driving is not None else {})}
+        edit = _edit_json(expression, keyframes)
+        if webhook is not None:
+            edit["webhook"] = WebhookSpec.model_validate(webhook).model_dump(mode="json")
+        if direct_upload or any(_is_url(value) for value in inputs.values()):
             body = {
-                "source": self._reference(source),
-                "driving": self._reference(driving),
+                **{name: self._reference(value) for name, value in inputs.items()},
                 "options": opts,
                 "priority": priority,
                 "output": output,
+                **edit,
             }
             response = self._http.post("/v1/jobs", json=body, headers=headers)
         else:
             with ExitStack() as stack:
                 files = {
                     name: (Path(value).name, stack.enter_context(Path(value).open("rb")))
-                    for name, value in (("source", source), ("driving", driving))
+                    for name, value in inputs.items()
                 }
                 data = {"options": json.dumps(opts), "priority": priority, "output": json.dumps(output)}
+                data.update({name: json.dumps(value) for name, value in edit.items()})
                 response = self._http.post("/v1/jobs", files=files, data=data, headers=headers)
         return Job.model_validate(self._check(response).json())
 
@@ -145,6 +190,36 @@ class Client:
         """Cancel the job (at once when queued, at the next frame batch when running)."""
         return Job.model_validate(self._check(self._http.post(f"/v1/jobs/{job_id}/cancel")).json())
 
+    def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[Event]:
+        """The job's events (GET /v1/jobs/{id}/events): from its latest, or after `last_event_id`;
+        ends after the final one. Raises ApiError, or httpx.HTTPError when the stream breaks."""
+        for event in self._stream(job_id, last_event_id):
+            if event is not None:
+                yield event
+
+    def _stream(self, job_id: str, last_event_id: str | None) -> Iterator[Event | None]:
+        """The server-sent events of the job, and None for each keep-alive comment."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT_S)
+        url = f"/v1/jobs/{job_id}/events"
+        with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._check(response)
+            event_id, data = None, []
+            for line in response.iter_lines():
+                if line.startswith(":"):
+                    yield None
+                elif line.startswith("id:"):
+                    event_id = line[3:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+                elif not line and data:
+                    yield Event(event_id or "", Job.model_validate_json("\n".join(data)))
+                    event_id, data = None, []
+
     def wait(
         self,
         job_id: str,
@@ -153,13 +228,37 @@ class Client:
         poll_s: float = 1.0,
         on_progress: Callable[[Job], None] | None = None,
     ) -> Job:
-        """Poll (cheaply, with If-None-Match) until the job ends; call `on_progress` on every change.
+        """Follow the job's event stream until it ends, calling `on_progress` on every event; should the
+        stream break, poll instead (cheaply, with If-None-Match), calling it on every change.
 
         Returns the final Job (check its status); raises TimeoutError after `timeout` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        etag: str | None = None
         job: Job | None = None
+        try:
+            for event in self._stream(job_id, None):
+                if event is not None:
+                    job = event.job
+                    if on_progress is not None:
+                        on_progress(job)
+                    if job.status in TERMINAL_STATUSES:
+                        return job
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _timed_out(job_id, job, timeout)
+        except httpx.HTTPError:
+            pass  # the stream broke: poll
+        return self._poll(job_id, job, deadline, timeout, poll_s, on_progress)
+
+    def _poll(
+        self,
+        job_id: str,
+        job: Job | None,
+        deadline: float | None,
+        timeout: float | None,
+        poll_s: float,
+        on_progress: Callable[[Job], None] | None,
+    ) -> Job:
+        etag: str | None = None
         while True:
             headers = {"If-None-Match": etag} if etag else {}
             response = self._http.get(f"/v1/jobs/{job_id}", headers=headers)
@@ -171,7 +270,7 @@ class Client:
             if job is not None and job.status in TERMINAL_STATUSES:
                 return job
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job.status if job else 'unknown'} after {timeout} s")
+                raise _timed_out(job_id, job, timeout)
             time.sleep(poll_s)
 
     def download(self, job_id: str, dest: Input) -> Path:

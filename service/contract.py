@@ -4,12 +4,14 @@ The options of a job are `common.options.AnimationOptions`, the same object the 
 """
 
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from common.errors import ErrorCode
+from common.expression import ExpressionControls, Keyframe, Keyframes, check_edit_shape
 from common.options import AnimationOptions
+from common.progress import Phase
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
 """Job ids and upload ids: 32 lower-case hex digits (a uuid4 without dashes)."""
@@ -21,7 +23,23 @@ PRIORITIES: tuple[Priority, ...] = ("high", "default", "low")
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 
-PAYLOAD_VERSION = 1
+JobEventType = Literal[
+    "queued",
+    "started",
+    "progress",
+    "stalled",
+    "requeued",
+    "cancel_requested",
+    "succeeded",
+    "failed",
+    "canceled",
+]
+"""What changed a job: each transition is one event (service.queue) of one of these types."""
+WebhookEventType = Literal["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]
+WEBHOOK_EVENT_TYPES: tuple[WebhookEventType, ...] = get_args(WebhookEventType)
+"""The events a webhook can subscribe to: `job.{type}` of the job events of these types."""
+
+PAYLOAD_VERSION: Final = 1
 
 
 class InputRef(BaseModel):
@@ -52,16 +70,45 @@ class OutputSpec(BaseModel):
     )
 
 
+class WebhookSpec(BaseModel):
+    """Where to send the job's events (Standard Webhooks: signed POSTs; see docs/api.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2048, description="http(s) URL, checked like URL inputs.")
+    events: list[WebhookEventType] = Field(
+        default_factory=lambda: list(WEBHOOK_EVENT_TYPES),
+        min_length=1,
+        description="The event types to send (default: all).",
+    )
+
+
+EXPRESSION_DOC = (
+    "Expression controls (docs/api.md): without a driving input, the edited still; with one, offsets "
+    "added to every driven frame."
+)
+KEYFRAMES_DOC = "Without a driving input: a video of sum(change + keep) frames ramping between expressions."
+
+
 class JobRequest(BaseModel):
-    """The JSON body of POST /v1/jobs."""
+    """The JSON body of POST /v1/jobs: an animation (source and driving), or an expression edit (source
+    and `expression` or `keyframes`; with a driving input, `expression` offsets the animation)."""
 
     model_config = ConfigDict(extra="forbid")
 
     source: InputRef
-    driving: InputRef
+    driving: InputRef | None = None
     options: AnimationOptions = Field(default_factory=AnimationOptions)
+    expression: ExpressionControls | None = Field(None, description=EXPRESSION_DOC)
+    keyframes: Keyframes | None = Field(None, description=KEYFRAMES_DOC)
     priority: Priority = "default"
     output: OutputSpec = Field(default_factory=OutputSpec)
+    webhook: WebhookSpec | None = None
+
+    @model_validator(mode="after")
+    def _edit_shape(self) -> "JobRequest":
+        check_edit_shape(self.driving is not None, self.expression, self.keyframes)
+        return self
 
 
 class InputLocation(BaseModel):
@@ -88,8 +135,10 @@ class JobPayload(BaseModel):
     version: Literal[1] = PAYLOAD_VERSION
     job_id: str = Field(pattern=ID_PATTERN)
     source: InputLocation
-    driving: InputLocation
+    driving: InputLocation | None = None
     options: AnimationOptions = Field(default_factory=AnimationOptions)
+    expression: ExpressionControls | None = None
+    keyframes: list[Keyframe] | None = None
     output: OutputSpec = Field(default_factory=OutputSpec)
     traceparent: str | None = Field(
         None,
@@ -97,14 +146,23 @@ class JobPayload(BaseModel):
         description="W3C trace context of the gateway request that created the job.",
     )
 
+    @model_validator(mode="after")
+    def _edit_shape(self) -> "JobPayload":
+        check_edit_shape(self.driving is not None, self.expression, self.keyframes)
+        return self
+
 
 class Progress(BaseModel):
-    """Frames rendered so far; `eta_s` is extrapolated from the pace of the frames done."""
+    """Where a running job is: its phase and the frames done in it, the frames rendered, and the share
+    of the whole job done (each phase weighted by its measured cost) with the seconds left."""
 
-    frames_done: int = 0
-    frames_total: int | None = None
-    fraction: float = 0.0
-    eta_s: float | None = None
+    phase: Phase | None = Field(None, description="preparing, extracting_motion, rendering or finalizing.")
+    phase_done: int = Field(0, description="Frames done in this phase (motion read, or rendered).")
+    phase_total: int | None = Field(None, description="Frames of this phase, once known.")
+    frames_done: int = Field(0, description="Frames rendered.")
+    frames_total: int | None = Field(None, description="Frames the job renders, once known.")
+    fraction: float = Field(0.0, description="Share of the whole job done, 0 to 1.")
+    eta_s: float | None = Field(None, description="Seconds left, estimated when the worker last reported.")
 
 
 class JobError(BaseModel):
@@ -122,6 +180,25 @@ class JobResult(BaseModel):
     frames: int
     fps: float
     size_bytes: int | None = None
+    content_credentials: bool = Field(
+        False,
+        description="Whether the file carries signed C2PA content credentials labelling it as AI-generated "
+        "(`liveportrait verify FILE` reads them).",
+    )
+
+
+class WebhookStatus(BaseModel):
+    """A job's webhook and how its deliveries went."""
+
+    url: str
+    events: list[WebhookEventType]
+    delivered: int = Field(0, description="Deliveries the receiver accepted (2xx).")
+    pending: int = Field(0, description="Deliveries waiting to be sent or retried.")
+    failed: int = Field(0, description="Deliveries given up: refused (4xx) or out of retries.")
+    disabled: bool = Field(False, description="The receiver answered 410 Gone: nothing more is sent.")
+    last_attempt_at: datetime | None = None
+    last_status: int | None = Field(None, description="HTTP status of the last attempt (none: no answer).")
+    last_error: str | None = Field(None, description="What went wrong in the last failed attempt.")
 
 
 class Job(BaseModel):
@@ -138,6 +215,13 @@ class Job(BaseModel):
     result: JobResult | None = None
     cancel_requested: bool = False
     attempts: int = 0
+    stalled: bool = Field(
+        False,
+        description="Running, but its worker's heartbeat stopped: the attempt is likely lost and the job "
+        "goes back to queued (or fails worker_lost) once the worker is taken for dead.",
+    )
+    last_error: JobError | None = Field(None, description="Why the previous attempt was lost, if one was.")
+    webhook: WebhookStatus | None = None
     trace_id: str | None = Field(
         None, description="W3C trace id of the submitting request (its `traceparent`, or one we started)."
     )

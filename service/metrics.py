@@ -59,6 +59,23 @@ def count_status(pipe: Redis | Pipeline, key: str, status: str) -> None:
     pipe.hincrby(key, f"jobs:{status}", 1)
 
 
+EVENT_STATUSES: dict[str, str] = {
+    "queued": "queued",
+    "started": "running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "canceled": "canceled",
+}
+"""The status each job event (service.queue) enters, for the events that count one."""
+
+
+def count_event(pipe: Redis | Pipeline, key: str, event: str) -> None:
+    """Count a job event: the status it enters, if it enters one (a requeue, progress or stall does not)."""
+    status = EVENT_STATUSES.get(event)
+    if status is not None:
+        count_status(pipe, key, status)
+
+
 def cuda_peak_memory_bytes() -> int | None:
     """torch.cuda.max_memory_allocated() of this process when it runs on CUDA, else None.
 

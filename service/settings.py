@@ -1,5 +1,7 @@
 """The service's one Settings class: every knob is an environment variable prefixed `LIVEPORTRAIT_`."""
 
+import base64
+import binascii
 import json
 import re
 from functools import lru_cache
@@ -9,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from common.content_credentials import CredentialsConfig, SigningAlgorithm, credentials_default
 from common.engine_config import Backend, Detector, Device, EngineConfig, PrecisionName, engine_default
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -21,6 +24,10 @@ def _engine(name: str) -> Any:
 
 def _describe(name: str) -> str | None:
     return EngineConfig.model_fields[name].description
+
+
+def _described_credential(name: str) -> str | None:
+    return CredentialsConfig.model_fields[name].description
 
 
 class Settings(BaseSettings):
@@ -109,10 +116,22 @@ class Settings(BaseSettings):
     pipelined: bool = Field(_engine("pipelined"), description=_describe("pipelined"))
     detector: Detector = Field(_engine("detector"), description=_describe("detector"))
     engine_cache_dir: Path = Field(_engine("engine_cache_dir"), description=_describe("engine_cache_dir"))
-    frame_batch: int = Field(_engine("frame_batch"), ge=1, le=64, description=_describe("frame_batch"))
+    frame_batch: int | None = Field(_engine("frame_batch"), ge=1, le=64, description=_describe("frame_batch"))
+    source_cache_mb: int = Field(
+        256,
+        ge=0,
+        description="Memory a worker keeps recently prepared sources in (F's features on the model's device, "
+        "the crop and the frame), so the next expression edit of the same portrait runs only W and G; 0: off.",
+    )
     work_dir: Path | None = None
     worker_name: str | None = None
-    worker_heartbeat_s: int = Field(15, ge=1, le=300, description="Heartbeat period of a busy worker.")
+    worker_heartbeat_s: int = Field(
+        5,
+        ge=1,
+        le=300,
+        description="Heartbeat period of a busy worker; a job whose heartbeat is two periods late shows "
+        "`stalled` (service.queue.stalled_after_s).",
+    )
     scheduler_interval_s: int = Field(1, ge=1, le=60, description="How often delayed retries are enqueued.")
     job_abandoned_after_s: int | None = Field(
         None,
@@ -121,12 +140,68 @@ class Settings(BaseSettings):
         "(default 4 * worker_heartbeat_s + 15; keep it several heartbeats long).",
     )
     reaper_interval_s: int = Field(
-        30, ge=1, le=3600, description="How often the workers look for abandoned jobs (one of them does)."
+        10, ge=1, le=3600, description="How often the workers look for abandoned jobs (one of them does)."
+    )
+
+    # job events: the event stream and webhooks (service.webhooks, docs/api.md)
+    events_keepalive_s: float = Field(
+        15.0, gt=0, le=300, description="Seconds between keep-alive comments of an idle event stream."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Signing secret of webhook deliveries, `whsec_` + base64 of 24 to 64 random bytes; jobs "
+        "with a webhook are refused while it is unset.",
+    )
+    webhook_dispatcher: bool = Field(
+        True, description="Run a webhook dispatcher in each gateway (off: run `liveportrait webhooks`)."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="Timeout of one delivery attempt.")
+    webhook_retry_base_s: float = Field(
+        5.0, gt=0, description="Delay before the first retry; doubled after each failed attempt, with jitter."
+    )
+    webhook_retry_max_delay_s: float = Field(3600.0, gt=0, description="Longest delay between two attempts.")
+    webhook_retry_window_s: int = Field(
+        24 * 3600, ge=60, description="How long a delivery is retried before it is given up."
+    )
+    webhook_progress_interval_s: float = Field(
+        0.5, ge=0, description="Least time between two job.progress deliveries of a job."
+    )
+
+    # content credentials: the C2PA manifest signed into every output (docs/credentials.md)
+    c2pa_cert_chain: Path | None = Field(
+        credentials_default("cert_chain"), description=_described_credential("cert_chain")
+    )
+    c2pa_private_key: Path | None = Field(
+        credentials_default("private_key"), description=_described_credential("private_key")
+    )
+    c2pa_algorithm: SigningAlgorithm = Field(
+        credentials_default("algorithm"), description=_described_credential("algorithm")
+    )
+    c2pa_tsa_url: str | None = Field(
+        credentials_default("tsa_url"), description=_described_credential("tsa_url")
+    )
+    c2pa_dev_dir: Path | None = Field(
+        credentials_default("dev_dir"), description=_described_credential("dev_dir")
     )
 
     # logging
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """A Standard Webhooks secret: `whsec_` and the base64 of 24 to 64 bytes."""
+        if value is None:
+            return None
+        text = value.get_secret_value()
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except binascii.Error as exc:
+            raise ValueError("webhook_secret must be whsec_ followed by base64") from exc
+        if not text.startswith("whsec_") or not 24 <= len(key) <= 64:
+            raise ValueError("webhook_secret must be whsec_ followed by the base64 of 24 to 64 bytes")
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -160,6 +235,16 @@ class Settings(BaseSettings):
             frame_batch=self.frame_batch,
             detector=self.detector,
             engine_cache_dir=self.engine_cache_dir,
+        )
+
+    def credentials_config(self) -> CredentialsConfig:
+        """How the worker and the CLI sign their outputs (engines.media.credentials.load_signer)."""
+        return CredentialsConfig(
+            cert_chain=self.c2pa_cert_chain,
+            private_key=self.c2pa_private_key,
+            algorithm=self.c2pa_algorithm,
+            tsa_url=self.c2pa_tsa_url,
+            dev_dir=self.c2pa_dev_dir,
         )
 
 

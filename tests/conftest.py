@@ -22,6 +22,15 @@ def golden_crop() -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def c2pa_dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where this session's development signing credentials go (never the user's cache directory)."""
+    folder = tmp_path_factory.mktemp("c2pa-dev")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIVEPORTRAIT_C2PA_DEV_DIR", str(folder))
+        yield folder
+
+
 # --- service and worker: real Redis, moto S3 and uvicorn on loopback ---------------------------
 
 TEST_REDIS_URL = os.environ.get("LIVEPORTRAIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -13,8 +13,8 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, poll_s: float = 0.02) -> T:
-    """Call `condition` until it returns something truthy, and return that.
+def wait_until(condition: Callable[[], T | None], timeout: float, what: str, poll_s: float = 0.02) -> T:
+    """Call `condition` until it returns something truthy, and return that (so never None).
 
     Fails with an AssertionError naming `what` (and the last value seen) after `timeout` seconds.
     `condition` may raise to fail at once (say, a process it waits for has exited).

@@ -6,6 +6,7 @@ which makes its `JobRunner` the active one for the duration of the job.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import time
@@ -23,15 +24,19 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job as RQJob
 from rq.timeouts import JobTimeoutException
 
-from common.errors import Canceled, LivePortraitError
+from common.errors import Canceled, ErrorCode, LivePortraitError
 from common.media import SNIFF_BYTES, extension, sniff
 from common.options import AnimationOptions
+from common.progress import PREPARING, ProgressCallback, ProgressEvent
+from engines.media.credentials import ContentSigner, load_signer
 from service import metrics, tracing
 from service.contract import JobPayload
-from service.queue import JobQueue
+from service.queue import JobQueue, PhaseProgress
 from service.settings import Settings
 from service.storage import StorageError, Store, put_with_retries
 from worker.inputs import fetch_input
+from worker.progress import AttemptProgress, PhaseCosts
+from worker.workarea import WorkArea
 
 log = structlog.get_logger("worker")
 
@@ -58,19 +63,41 @@ class Animator(Protocol):
         options: AnimationOptions,
         *,
         limits: Any = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        expression: Any = None,
     ) -> AnimationResult:
         """Render `output`, reporting progress and stopping when `should_cancel()` turns true."""
         ...
 
 
+class Editor(Protocol):
+    """The engine interface of jobs without a driving input (engines.editor.Editor)."""
+
+    def edit(
+        self,
+        source: Path,
+        output: Path,
+        options: AnimationOptions,
+        *,
+        expression: Any = None,
+        keyframes: Any = None,
+        limits: Any = None,
+        progress: Any = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> AnimationResult:
+        """A still (expression) or a keyframe video, like `Animator.animate`."""
+        ...
+
+
 @dataclass
 class WorkerEngine:
-    """A loaded animator and the input limits to pass it (it raises common.errors.Canceled on cancel)."""
+    """A loaded animator (and expression editor) and the input limits to pass them (they raise
+    common.errors.Canceled on cancel)."""
 
     animator: Animator
     limits: Any = None
+    editor: Editor | None = None
 
 
 @dataclass
@@ -82,12 +109,17 @@ class JobRunner:
     store: Store
     engine: WorkerEngine
     worker_name: str = "worker"
-    _work_root: Path = field(init=False)
+    _work_area: WorkArea = field(init=False)
+    _costs: PhaseCosts = field(init=False, default_factory=PhaseCosts)
+    _active: tuple[str, int, AttemptProgress] | None = field(init=False, default=None)
+    _signer: ContentSigner = field(init=False)
 
     def __post_init__(self) -> None:
         root = self.settings.work_dir or Path(tempfile.gettempdir()) / "liveportrait-work"
-        root.mkdir(parents=True, exist_ok=True)
-        self._work_root = root
+        self._work_area = WorkArea(root)  # and the work folders of dead workers' attempts go
+        self._signer = load_signer(self.settings.credentials_config())  # a bad certificate stops the start
+        if self._signer.development:
+            log.warning("credentials.development", folder=str(self._signer.development))
 
     def run(self, raw_payload: dict[str, Any], job_id: str, retries_left: int = 0) -> dict[str, Any]:
         """Run one attempt of a job to a terminal state, or back to queued when RQ will retry it.
@@ -104,11 +136,14 @@ class JobRunner:
                     self.drop_inputs(job_id)
                 return {"status": state}
             log.info("job.started", attempt=attempt, retries_left=retries_left)
-            work_dir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=self._work_root))
+            progress = AttemptProgress(self._costs, functools.partial(self._report, job_id, attempt))
+            progress(ProgressEvent(PREPARING))
+            self._active = (job_id, attempt, progress)
+            work_dir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=self._work_area.path))
             settled = False
             started = time.monotonic()
             try:
-                outcome = self._animate(job_id, attempt, raw_payload, work_dir)
+                outcome = self._animate(job_id, attempt, raw_payload, work_dir, progress)
                 settled = outcome["status"] != SUPERSEDED
                 return outcome
             except Canceled:
@@ -129,7 +164,8 @@ class JobRunner:
                 return {"status": "failed" if settled else SUPERSEDED, "code": exc.code}
             except Exception as exc:
                 if retries_left > 0:
-                    if not self.queue.requeue(job_id, attempt=attempt):
+                    message = f"unexpected {type(exc).__name__} in the worker"
+                    if not self.queue.requeue(job_id, "internal_error", message, attempt=attempt):
                         log.warning("job.superseded", error=type(exc).__name__)
                         return {"status": SUPERSEDED}
                     log.exception("job.error_will_retry", retries_left=retries_left)
@@ -142,9 +178,36 @@ class JobRunner:
                     log.exception("job.failed", code="internal_error")
                 raise
             finally:
+                self._active = None
                 shutil.rmtree(work_dir, ignore_errors=True)
                 if settled:
                     self.drop_inputs(job_id)
+
+    def heartbeat(self) -> None:
+        """The running attempt is alive (the worker's heartbeat thread calls this every beat): its
+        progress held back by the rate limit is reported, which beats too, or else a bare beat."""
+        active = self._active
+        if active is None:
+            return
+        job_id, attempt, progress = active
+        if progress.flush():
+            return
+        try:
+            self.queue.heartbeat(job_id, attempt=attempt)
+        except redis.exceptions.RedisError as exc:
+            log.warning("job.heartbeat_not_recorded", error=str(exc))
+
+    def close(self) -> None:
+        """Remove this worker's work folder (a warm shutdown)."""
+        self._work_area.close()
+
+    def _report(
+        self, job_id: str, attempt: int, frames_done: int, frames_total: int | None, phase: PhaseProgress
+    ) -> None:
+        try:
+            self.queue.progress(job_id, frames_done, frames_total, attempt=attempt, phase=phase)
+        except redis.exceptions.RedisError as exc:  # a Redis outage must not stop the render
+            log.warning("job.progress_not_recorded", error=str(exc))
 
     def drop_inputs(self, job_id: str) -> None:
         """Delete the job's stored inputs; an unreachable store leaves them to expire."""
@@ -154,7 +217,12 @@ class JobRunner:
             log.warning("job.inputs_not_deleted", error=str(exc))
 
     def _animate(
-        self, job_id: str, attempt: int, raw_payload: dict[str, Any], work_dir: Path
+        self,
+        job_id: str,
+        attempt: int,
+        raw_payload: dict[str, Any],
+        work_dir: Path,
+        progress: AttemptProgress,
     ) -> dict[str, Any]:
         try:
             payload = JobPayload.model_validate(raw_payload)
@@ -165,14 +233,13 @@ class JobRunner:
             log.error("job.failed", code="invalid_payload")
             return {"status": "failed", "code": "invalid_payload"}
         source = fetch_input(payload.source, work_dir, "source", store=self.store, settings=self.settings)
-        driving = fetch_input(payload.driving, work_dir, "driving", store=self.store, settings=self.settings)
-        log.info("job.inputs_ready", source_bytes=source.stat().st_size, driving_bytes=driving.stat().st_size)
-
-        def progress(frames_done: int, frames_total: int) -> None:
-            try:
-                self.queue.progress(job_id, frames_done, frames_total, attempt=attempt)
-            except redis.exceptions.RedisError as exc:  # a Redis outage must not stop the render
-                log.warning("job.progress_not_recorded", error=str(exc))
+        inputs = {"source": source}
+        if payload.driving is not None:
+            inputs["driving"] = fetch_input(
+                payload.driving, work_dir, "driving", store=self.store, settings=self.settings
+            )
+        sizes = {f"{name}_bytes": path.stat().st_size for name, path in inputs.items()}
+        log.info("job.inputs_ready", **sizes)
 
         def should_cancel() -> bool:
             try:
@@ -182,15 +249,30 @@ class JobRunner:
                 return False
 
         started = time.monotonic()
-        result = self.engine.animator.animate(
-            source,
-            driving,
-            work_dir / "output.mp4",
-            payload.options,
-            limits=self.engine.limits,
-            progress=progress,
-            should_cancel=should_cancel,
-        )
+        if "driving" not in inputs:
+            if self.engine.editor is None:
+                raise LivePortraitError("unsupported_input", "this worker runs no expression edits")
+            result = self.engine.editor.edit(
+                source,
+                work_dir / "output.mp4",
+                payload.options,
+                expression=payload.expression,
+                keyframes=payload.keyframes,
+                limits=self.engine.limits,
+                progress=progress,
+                should_cancel=should_cancel,
+            )
+        else:
+            result = self.engine.animator.animate(
+                source,
+                inputs["driving"],
+                work_dir / "output.mp4",
+                payload.options,
+                limits=self.engine.limits,
+                progress=progress,
+                should_cancel=should_cancel,
+                expression=payload.expression,
+            )
         try:  # a Redis blip here must not turn a finished render into a retry
             metrics.record_render(
                 self.queue.redis,
@@ -203,12 +285,14 @@ class JobRunner:
         except redis.RedisError as exc:
             log.warning("metrics.record_failed", error=str(exc))
         output = Path(result.output)
+        self._signer.sign(output, job_id=job_id, inputs=inputs)
         with output.open("rb") as produced:
             content_type = sniff(produced.read(SNIFF_BYTES)) or "application/octet-stream"
         key = f"results/{job_id}/{attempt}/output{extension(content_type) or output.suffix}"
         window = self.settings.storage_retry_window_s
         put_with_retries(self.store, key, output, content_type=content_type, window_s=window)
         size = output.stat().st_size
+        progress.finish()  # its phases' measured times weigh the next attempts' phases
         if not self.queue.succeed(
             job_id,
             result_key=key,
@@ -216,6 +300,7 @@ class JobRunner:
             frames=int(result.frames),
             fps=float(result.fps),
             size_bytes=size,
+            content_credentials=True,
             attempt=attempt,
         ):
             log.warning("job.superseded_before_success")
@@ -284,19 +369,16 @@ def on_job_failure(
     if record is None or record.status != "running":
         return
     abandoned = isinstance(exc, AbandonedJobError) or exc_type is AbandonedJobError
+    code: ErrorCode = "internal_error"
+    message = "the job stopped unexpectedly"
+    if abandoned:
+        code, message = "worker_lost", "the worker running this job stopped responding"
+    elif isinstance(exc, JobTimeoutException):
+        code, message = "timeout", f"the job ran longer than {runner.settings.job_timeout_s} s"
     if job.retries_left:
-        if runner.queue.requeue(job.id, attempt=record.attempts):
+        if runner.queue.requeue(job.id, code, message, attempt=record.attempts):
             log.warning("job.requeued", job_id=job.id, attempt=record.attempts, abandoned=abandoned)
         return
-    if abandoned:
-        settled = runner.queue.fail(
-            job.id, "worker_lost", "the worker running this job stopped responding", attempt=record.attempts
-        )
-    elif isinstance(exc, JobTimeoutException):
-        message = f"the job ran longer than {runner.settings.job_timeout_s} s"
-        settled = runner.queue.fail(job.id, "timeout", message, attempt=record.attempts)
-    else:
-        message = "the job stopped unexpectedly"
-        settled = runner.queue.fail(job.id, "internal_error", message, attempt=record.attempts)
+    settled = runner.queue.fail(job.id, code, message, attempt=record.attempts)
     if settled:
         runner.drop_inputs(job.id)

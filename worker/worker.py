@@ -6,7 +6,10 @@ for abandoned), a scheduler thread that enqueues delayed retries (RQ's own sched
 and, every `reaper_interval_s`, reaps abandoned jobs (no heartbeat for `job_abandoned_after_s`:
 re-queued while retries are left, else failed worker_lost) even while this worker is busy, warm
 shutdown on SIGTERM (the current job finishes; a second signal stops at once), `stop()` for
-embedding in a thread, and a work loop that waits out a Redis outage instead of exiting.
+embedding in a thread, and a work loop that waits out a Redis outage instead of exiting. Each
+heartbeat also marks the running attempt alive on its job (`JobRunner.heartbeat`), which clears or
+prevents the job's `stalled` flag; the worker's work folder goes at a warm shutdown, and the folders
+of dead workers when the next one starts (worker.workarea).
 """
 
 from __future__ import annotations
@@ -180,6 +183,7 @@ class AnimationWorker(SimpleWorker):
         if self._scheduler_thread is not None:
             self._scheduler_thread.join(timeout=10)
         runner_module.unregister(self.runner)
+        self.runner.close()
         super().teardown()
         log.info("worker.stopped", worker=self.name)
 
@@ -225,6 +229,7 @@ class AnimationWorker(SimpleWorker):
                 self.maintain_heartbeats(job, execution)
             except redis.exceptions.RedisError as exc:
                 log.warning("worker.heartbeat_failed", error=str(exc))
+            self.runner.heartbeat()
 
     def _free_dead_scheduler_locks(self) -> None:
         """Release retry-scheduler locks whose holder stopped heartbeating for `job_abandoned_after_s`.
@@ -277,9 +282,11 @@ class AnimationWorker(SimpleWorker):
 
 def load_engine(settings: Settings) -> WorkerEngine:
     """Load the engines once (engines.engine.load_engine from the settings' EngineConfig)."""
+    from engines.editor import Editor
     from engines.engine import load_engine as load
     from engines.media import Limits
     from engines.pipeline import Animator
+    from engines.source_cache import SourceCache
 
     try:
         config = settings.engine_config()
@@ -290,7 +297,9 @@ def load_engine(settings: Settings) -> WorkerEngine:
         max_frames=settings.max_driving_frames,
         max_seconds=settings.max_driving_seconds,
     )
-    return WorkerEngine(animator=Animator(load(config)), limits=limits)
+    engine = load(config)
+    cache = SourceCache(settings.source_cache_mb * 2**20)
+    return WorkerEngine(animator=Animator(engine), editor=Editor(engine, cache), limits=limits)
 
 
 def build_worker(settings: Settings, engine: WorkerEngine, *, idle_poll_s: int = 5) -> AnimationWorker:

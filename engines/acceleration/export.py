@@ -54,6 +54,11 @@ DEFAULT_MAX_BATCH = 8
 MIN_OPSET = 17  # LayerNormalization (opset 17) and 4-D GridSample (opset 16)
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
+EXPORT_VERSION = 1
+"""The version of the graphs this code exports. Bump it with every change that alters an exported graph
+(a rewrite, a cast, an opset, an input): cached exports and the TensorRT engines built from them are
+keyed by it (`engines.acceleration.backends.select`, `engine_cache_key`), so they are rebuilt rather
+than silently reused."""
 BATCH_AXIS = "batch"
 MOTION_OUTPUTS = ("kp", "exp", "pitch", "yaw", "roll", "t", "scale")
 MLP_INPUT_SIZES = {"stitching": 126, "lip": 65, "eye": 66}
@@ -362,6 +367,7 @@ def export_onnx(
         }
     manifest = {
         "format": MANIFEST_FORMAT,
+        "export_version": EXPORT_VERSION,
         "precision": precision,
         "opset": opset,
         "weights_hash": digest,

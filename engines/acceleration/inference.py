@@ -24,20 +24,25 @@ golden tolerance (1e-4 relative L2) holds; only the rounding changes:
 
 Precision "bf16" and "fp16" run F, W and G under autocast with their convolution weights stored in
 that dtype, G channels-last; M, the S MLPs, the keypoint math, the Gaussian heatmaps, the grid
-sampling and the softmax of W's mask stay in float32. On CUDA, `cuda_graphs=True` replays W+G from
-a captured graph per input shape.
+sampling and the softmax of W's mask stay in float32. Their error against float32 is bounded by
+`common.engine_config.REDUCED_PRECISION_REL_L2` (the one place of those bounds). On CUDA, float32
+means float32: TF32 is turned off when an engine loads there (`use_float32_arithmetic`).
+
+On CUDA, `cuda_graphs=True` replays W+G from CUDA graphs, and `compile_mode` runs W and G through
+torch.compile; both run at fixed batch sizes (`FixedBatchRender`: a smaller batch is padded).
 """
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Literal, TypeGuard, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.engine_config import COMPILE_MODES_WITH_CUDA_GRAPHS
 from engines.model import LivePortraitModel
 from engines.networks import AppearanceFeatureExtractor, SPADEDecoder, WarpingNetwork, expect_module
 from engines.networks.blocks import DownBlock2d, DownBlock3d, ResBlock3d, SameBlock2d, UpBlock3d
@@ -528,33 +533,121 @@ class FastSPADEDecoder(nn.Module):
 # --- the model ------------------------------------------------------------------------------------
 
 
-class _GraphedRender:
-    """W+G replayed from a CUDA graph captured once per input shape (static input buffers)."""
+def padded_batch(prepared: Iterable[int], b: int) -> int:
+    """The batch size to run b rows at: the smallest prepared size that holds them, else b itself."""
+    return min((n for n in prepared if n >= b), default=b)
 
-    def __init__(self, render: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+
+def pad_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """t (b, ...) grown to (n, ...) rows by repeating its last row; t itself when b == n."""
+    b = t.shape[0]
+    return t if b == n else torch.cat([t, t[-1:].expand(n - b, *t.shape[1:])])
+
+
+Render = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+PoolHandle = Any  # what torch.cuda.graph_pool_handle() returns (its type is private to torch)
+Layout = tuple[tuple[bool, bool], tuple[tuple[tuple[int, ...], torch.dtype], ...]]
+"""Which of f_s, x_s are shared by the batch (one row), and every input's shape without the batch
+axis and its dtype."""
+
+
+class _CapturedRender:
+    """render(*static) captured into a CUDA graph on `device`; a call copies its inputs into the
+    static buffers and replays the graph. The output buffer is the graph's own: copy it before the
+    next replay.
+
+    The warm-up runs (cuDNN's algorithm search, lazy initialisation, torch.compile's compilation) and
+    the capture run on a side stream of `device`, whatever the current device. The capture is
+    "thread_local": other threads (the encoder copying frames off the GPU, paste-back) may keep
+    calling CUDA while this thread captures; in the default "global" mode their calls would make the
+    capture fail.
+    """
+
+    def __init__(
+        self, render: Render, static: list[torch.Tensor], device: torch.device, pool: PoolHandle
+    ) -> None:
+        self.device = device
+        self.static = static
+        with torch.cuda.device(device):
+            stream = torch.cuda.Stream(device=device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    render(*static)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+                self.out = render(*static)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        with torch.cuda.device(self.device):
+            for buffer, value in zip(self.static, inputs, strict=True):
+                buffer.copy_(value)
+            self.graph.replay()
+        return self.out
+
+
+class FixedBatchRender:
+    """W+G run only at a few batch sizes per input layout, for CUDA graphs and torch.compile.
+
+    A captured graph (and a graph compiled with fixed shapes) serves one batch size. A batch is run
+    at the smallest size already prepared for its layout that holds it, padded with copies of its
+    last row, and the output is cut back: the smaller last batch of a job replays the graph of the
+    full batches instead of capturing (or compiling) a new one mid-job. f_s and x_s of one row are
+    shared by the batch; a batch of one row also fits a per-frame layout (padded).
+
+    capture_on: replay from a CUDA graph captured on this device per (layout, size); None: call
+    `render` directly (torch.compile's fixed shapes).
+    """
+
+    def __init__(self, render: Render, capture_on: torch.device | None = None) -> None:
         self.render = render
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
-        self.pool = torch.cuda.graph_pool_handle()
+        self.capture_on = capture_on
+        self.prepared: dict[tuple[Layout, int], Render] = {}
+        self.pool: PoolHandle | None = None
+
+    @staticmethod
+    def layout(f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> Layout:
+        shapes = tuple((tuple(t.shape[1:]), t.dtype) for t in (f_s, x_s, x_d))
+        return (f_s.shape[0] == 1, x_s.shape[0] == 1), shapes
+
+    def _fits(self, layout: Layout, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> bool:
+        """A prepared `layout` runs these inputs: same shapes, and each input it shares has one row."""
+        shared, shapes = layout
+        own_shared, own_shapes = self.layout(f_s, x_s, x_d)
+        return shapes == own_shapes and all(own or not s for s, own in zip(shared, own_shared, strict=True))
+
+    def select(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> tuple[Layout, int]:
+        """The (layout, batch size) to run these inputs at: a prepared one if any holds them."""
+        b = x_d.shape[0]
+        sizes = {n: layout for layout, n in self.prepared if n >= b and self._fits(layout, f_s, x_s, x_d)}
+        if sizes:
+            n = padded_batch(sizes, b)
+            return sizes[n], n
+        return self.layout(f_s, x_s, x_d), b
 
     def __call__(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
-        key = tuple((tuple(t.shape), t.dtype) for t in (f_s, x_s, x_d))
-        if key not in self.graphs:
-            static = [t.clone() for t in (f_s, x_s, x_d)]
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self.render(*static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = self.render(*static)
-            self.graphs[key] = (graph, static, out)
-        graph, static, out = self.graphs[key]
-        for buffer, value in zip(static, (f_s, x_s, x_d), strict=True):
-            buffer.copy_(value)
-        graph.replay()
-        return out.clone()
+        b = x_d.shape[0]
+        layout, n = self.select(f_s, x_s, x_d)
+        (share_f, share_x), _ = layout
+        inputs = [
+            f_s if share_f else pad_rows(f_s, n),
+            x_s if share_x else pad_rows(x_s, n),
+            pad_rows(x_d, n),
+        ]
+        run = self.prepared.get((layout, n))
+        if run is None:
+            run = self.prepared[(layout, n)] = self._prepare(inputs)
+        out = run(*inputs)
+        return out[:b].clone() if self.capture_on is not None else out[:b]
+
+    def _prepare(self, inputs: list[torch.Tensor]) -> Render:
+        if self.capture_on is None:
+            return self.render
+        if self.pool is None:  # one memory pool for every graph: outputs are copied out right after a replay
+            with torch.cuda.device(self.capture_on):
+                self.pool = torch.cuda.graph_pool_handle()
+        return _CapturedRender(self.render, [t.clone() for t in inputs], self.capture_on, self.pool)
 
 
 class InferenceModel(LivePortraitModel):
@@ -562,7 +655,11 @@ class InferenceModel(LivePortraitModel):
 
     Built by `optimize_for_inference` from a model it takes over (M and the S MLPs are its modules,
     kept in float32; the other convolutions are reused where they need no rewrite). winograd: on CPU
-    in float32, run G's eligible 3x3 convolutions with NNPACK's Winograd kernels.
+    in float32, run G's eligible 3x3 convolutions with NNPACK's Winograd kernels (not under
+    torch.compile, which chooses its own). cuda_graphs: on CUDA, replay W+G from CUDA graphs;
+    compile_mode: a torch.compile mode for W and G (None: eager). Both run `render` at fixed batch
+    sizes (`FixedBatchRender`); a compile mode that makes CUDA graphs of its own is refused with
+    cuda_graphs.
     """
 
     @classmethod
@@ -579,10 +676,15 @@ class InferenceModel(LivePortraitModel):
         cuda_graphs: bool = False,
         winograd: bool = True,
         device: str | torch.device | None = None,
+        compile_mode: str | None = None,
     ) -> None:
         nn.Module.__init__(self)  # the networks come from `base`, not freshly initialised
         if precision not in DTYPES:
             raise ValueError(f"precision must be one of {sorted(DTYPES)}, not {precision!r}")
+        if cuda_graphs and compile_mode in COMPILE_MODES_WITH_CUDA_GRAPHS:
+            raise ValueError(
+                f"torch.compile mode {compile_mode!r} makes its own CUDA graphs: not with cuda_graphs"
+            )
         device = torch.device(device) if device is not None else base.device
         if precision == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
             raise ValueError("bf16 on CPU needs oneDNN")
@@ -602,9 +704,17 @@ class InferenceModel(LivePortraitModel):
                     if isinstance(module, nn.Conv2d | nn.Conv3d):
                         module.to(DTYPES[precision])
             channels_last(self.spade_generator)
-        if winograd and device.type == "cpu" and precision == "fp32":
+        if winograd and device.type == "cpu" and precision == "fp32" and compile_mode is None:
             use_winograd(self.spade_generator)
-        self._graphed = _GraphedRender(self._render) if cuda_graphs and device.type == "cuda" else None
+        if compile_mode is not None:
+            for net in (self.warping_module, self.spade_generator):
+                net.compile(mode=compile_mode, dynamic=False)
+        graphs = cuda_graphs and device.type == "cuda"
+        self._fixed = (
+            FixedBatchRender(self._render, device if graphs else None)
+            if graphs or compile_mode is not None
+            else None
+        )
 
     def _autocast(self) -> AbstractContextManager:
         if self.precision == "fp32":
@@ -649,8 +759,8 @@ class InferenceModel(LivePortraitModel):
     def render(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
         """W then G for B driving keypoint sets x_d (B, 21, 3); f_s, x_s broadcast from batch 1.
         Returns (B, 3, 512, 512) float32 in [0, 1]."""
-        if self._graphed is not None:
-            return self._graphed(f_s, x_s, x_d)
+        if self._fixed is not None:
+            return self._fixed(f_s, x_s, x_d)
         return self._render(f_s, x_s, x_d)
 
 
@@ -660,14 +770,39 @@ def optimize_for_inference(
     precision: Precision = "fp32",
     *,
     cuda_graphs: bool = False,
+    compile_mode: str | None = None,
     copy_model: bool = True,
 ) -> InferenceModel:
     """The fast inference model built from `model`'s weights.
 
     device: where it runs (default: the model's); precision: "fp32" (golden tolerance kept), "bf16"
     or "fp16" (F, W and G under autocast); cuda_graphs: on CUDA, replay W+G from captured graphs;
-    copy_model: work on a copy, leaving `model` as it is (False: take `model`'s modules over and
-    save the memory of a copy; `model` must not be used afterwards).
+    compile_mode: torch.compile W and G in that mode (None: eager); copy_model: work on a copy,
+    leaving `model` as it is (False: take `model`'s modules over and save the memory of a copy;
+    `model` must not be used afterwards).
     """
     base = copy.deepcopy(model) if copy_model else model
-    return InferenceModel(base, precision, cuda_graphs, device=device if device is not None else model.device)
+    return InferenceModel(
+        base,
+        precision,
+        cuda_graphs,
+        device=device if device is not None else model.device,
+        compile_mode=compile_mode,
+    )
+
+
+def use_float32_arithmetic(device: str | torch.device) -> None:
+    """On a CUDA device, make float32 convolutions and matrix products compute in float32, not TF32.
+
+    cuDNN runs float32 convolutions in TF32 by default (torch.backends.cudnn.allow_tf32 is True): a
+    10-bit mantissa, ~4e-3 relative error against the 1e-4 that float32 promises. Precision "fp32"
+    must mean float32, and so must the parts of the reduced-precision paths that stay in float32 (M,
+    the S MLPs, the grids), as in the TensorRT build. The switches are torch's process-wide ones (a
+    context manager around inference would be no narrower: they are global, not per thread, and
+    the render, the crop warps and paste-back run in several threads): every CUDA computation of the
+    process runs in float32 after an engine loads. Nothing changes on other devices.
+    """
+    if torch.device(device).type != "cuda":
+        return
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False

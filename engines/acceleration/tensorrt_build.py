@@ -8,9 +8,11 @@ TensorRT 10 and 11 are both supported, told apart by ``tensorrt.__version__``:
   (PREFER_PRECISION_CONSTRAINTS), so that M, the grids and the grid samples keep their precision.
 TF32 is turned off, so float32 layers compute in float32.
 Every input gets an optimisation profile over the batch axis (1, max(1, max_batch // 2), max_batch).
-An engine only runs on the GPU architecture and TensorRT version it was built with: `engine_cache_key`
-names both, and `EngineCache` keeps engine directories under that key locally and, optionally, in an
-object store (any object with get/put of bytes; the worker adapts S3 to it).
+An engine only runs on the GPU architecture and TensorRT version it was built with, and is only as
+current as the graphs it was built from: `engine_cache_key` names all three (the graphs by the weights
+hash and the export code's `EXPORT_VERSION`), and `EngineCache` keeps engine directories under that
+key locally and, optionally, in an object store (any object with get/put of bytes; the worker adapts
+S3 to it).
 `tensorrt` is imported only by the functions that build.
 """
 
@@ -96,14 +98,20 @@ def float32_layers(network: Any) -> list[int]:
 
 
 def engine_cache_key(
-    gpu_cc: tuple[int, int], trt_version: str, precision: str, weights_hash: str, max_batch: int
+    gpu_cc: tuple[int, int],
+    trt_version: str,
+    precision: str,
+    weights_hash: str,
+    max_batch: int,
+    export_version: int,
 ) -> str:
     """A file-name-safe key naming everything an engine depends on: GPU compute capability, TensorRT
-    version, precision, weights and max batch."""
+    version, precision, weights, max batch and the version of the export code that made its graphs."""
     if precision not in PRECISIONS:
         raise BuildError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     version = re.sub(r"[^0-9A-Za-z.]", "_", trt_version)
-    return f"sm{gpu_cc[0]}{gpu_cc[1]}-trt{version}-{precision}-b{max_batch}-{weights_hash[:16]}"
+    gpu = f"sm{gpu_cc[0]}{gpu_cc[1]}"
+    return f"{gpu}-trt{version}-{precision}-b{max_batch}-x{export_version}-{weights_hash[:16]}"
 
 
 def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, flags: BuildFlags) -> tuple[Any, Any]:
@@ -177,14 +185,15 @@ def build_engines(
     onnx_dir: Path, out_dir: Path, max_batch: int | None = None, timing_cache: Path | None = None
 ) -> dict[str, Path]:
     """Build an engine for every graph of an ONNX export directory into `out_dir`, with engines.json
-    (precision, max batch, weights hash, TensorRT version, GPU compute capability). max_batch defaults
-    to the export's. Returns graph name -> engine path."""
+    (precision, max batch, weights hash, export version, TensorRT version, GPU compute capability).
+    max_batch defaults to the export's. Returns graph name -> engine path."""
     import tensorrt as trt
     import torch
 
     manifest = read_manifest(onnx_dir)
     max_batch = max_batch or int(manifest["max_batch"])
     precision = manifest["precision"]
+    export_version = int(manifest.get("export_version", 0))  # 0: an export older than the versions
     out_dir = Path(out_dir)
     paths = {
         name: build_engine(
@@ -201,9 +210,12 @@ def build_engines(
         "precision": precision,
         "max_batch": max_batch,
         "weights_hash": manifest["weights_hash"],
+        "export_version": export_version,
         "tensorrt": trt.__version__,
         "gpu_cc": list(cc),
-        "key": engine_cache_key(cc, trt.__version__, precision, manifest["weights_hash"], max_batch),
+        "key": engine_cache_key(
+            cc, trt.__version__, precision, manifest["weights_hash"], max_batch, export_version
+        ),
         "engines": {name: path.name for name, path in paths.items()},
     }
     (out_dir / ENGINE_MANIFEST).write_text(json.dumps(info, indent=2) + "\n")

@@ -10,7 +10,8 @@ original's exactly.
 `paste_back_frames` is the batched torch version for frames on a device. It reproduces OpenCV's
 ``warpAffine(INTER_LINEAR)`` arithmetic exactly (sample positions in 1/32 pixel from 10-bit fixed-point
 row and column offsets, 15-bit integer weights), so its frames equal `paste_back`'s bit for bit (checked
-with OpenCV 4.14, whose default, accurate warpAffine is that fixed-point code).
+with OpenCV 4.14, whose default, accurate warpAffine is that fixed-point code). It works in pieces that
+keep its working set within a byte budget; a piece short of device memory is split, or done on the host.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ Roi = tuple[int, int, int, int]
 _AB_BITS = 10  # OpenCV's fixed-point precision of affine sample positions
 _INTER_BITS = 5  # sample positions are rounded to 1/32 pixel
 _COEF_BITS = 15  # bilinear weights are integers summing to 2**15
+
+PASTE_BYTES_PER_PIXEL = 192
+"""Working bytes of `paste_back_frames` per pasted pixel (sample positions, taps and weights in
+int64/int32, the float blend): an upper bound of the ~165-180 measured by
+tests/engines/face/test_pasteback.py."""
+CROP_WORKING_BYTES = 7 << 20
+"""Working bytes per frame of a piece besides its pixels: the crop made uint8 (two float copies of the
+512x512 RGB render on the way) with its mask; measured 6.3 MB."""
+PASTE_BUDGET_BYTES = 1 << 30
+"""The default bound on `paste_back_frames`' working set: 1 GiB (a batch of 16 frames of 512x512 in one
+piece); a batch of 8 at 4096x4096 would need ~26 GB in one piece."""
+MIN_PIECE_PIXELS = 1 << 16
+"""A piece that runs out of device memory is split in halves down to this size, then done on the host."""
 
 
 @lru_cache(maxsize=1)
@@ -184,8 +198,78 @@ def _warp_fixed_point(source: torch.Tensor, x: torch.Tensor, y: torch.Tensor) ->
     return ((total + (1 << (_COEF_BITS - 1))) >> _COEF_BITS).clamp(0, 255).to(torch.uint8)
 
 
+def paste_pieces(batch: int, roi: Roi, budget_bytes: int) -> list[tuple[slice, list[Roi]]]:
+    """How `paste_back_frames` splits its work so that its working set stays within `budget_bytes`:
+    chunks of frames, each with the boxes pasted one after the other. Whole frames' boxes while one
+    fits, else one frame at a time in boxes of rows (one row at least). A chunk of f frames pasting
+    boxes of p pixels needs at most f * (CROP_WORKING_BYTES + p * PASTE_BYTES_PER_PIXEL)."""
+    y0, y1, x0, x1 = roi
+    frame_bytes = CROP_WORKING_BYTES + (y1 - y0) * (x1 - x0) * PASTE_BYTES_PER_PIXEL
+    if frame_bytes <= budget_bytes:
+        step = budget_bytes // frame_bytes
+        return [(slice(i, min(i + step, batch)), [roi]) for i in range(0, batch, step)]
+    rows = max(1, (budget_bytes - CROP_WORKING_BYTES) // ((x1 - x0) * PASTE_BYTES_PER_PIXEL))
+    boxes = [(y, min(y + rows, y1), x0, x1) for y in range(y0, y1, rows)]
+    return [(slice(i, i + 1), boxes) for i in range(batch)]
+
+
+def _halves(frames: int, roi: Roi) -> list[tuple[slice, Roi]] | None:
+    """A piece split in two (its frames, else its rows), or None when it is too small to split."""
+    y0, y1, x0, x1 = roi
+    if frames * (y1 - y0) * (x1 - x0) <= MIN_PIECE_PIXELS:
+        return None
+    if frames > 1:
+        return [(slice(0, frames // 2), roi), (slice(frames // 2, frames), roi)]
+    if y1 - y0 < 2:
+        return None
+    mid = (y0 + y1) // 2
+    return [(slice(0, 1), (y0, mid, x0, x1)), (slice(0, 1), (mid, y1, x0, x1))]
+
+
+def _crops_with_mask(results: torch.Tensor) -> torch.Tensor:
+    """(f,512,512,4) uint8: the (f,3,512,512) renders as uint8 frames, the mask template as 4th channel."""
+    mask = _mask_template_on(results.device).expand(len(results), -1, -1, -1)
+    return torch.cat([to_uint8_frames(results), mask], dim=3)
+
+
+def _paste_piece(
+    source: torch.Tensor, M_c2o: np.ndarray, out: torch.Tensor, roi: Roi, on_host: bool = False
+) -> None:
+    """Blend (f,512,512,4) `source` (`_crops_with_mask`) into the box `roi` of (f,H,W,3) `out`, in place.
+
+    on_host: compute on the CPU (the device ran out of memory), then copy the box back.
+    """
+    device = torch.device("cpu") if on_host else source.device
+    y0, y1, x0, x1 = roi
+    warped = _warp_fixed_point(source.to(device), *_fixed_point_positions(M_c2o, roi, device))
+    m = warped[..., 3:].float() / full_255(device)
+    original = out[:, y0:y1, x0:x1].to(device).float()
+    blend = m * warped[..., :3].float() + (1.0 - m) * original
+    out[:, y0:y1, x0:x1] = blend.clamp(0, 255).to(torch.uint8)
+
+
+def _paste_or_split(source: torch.Tensor, M_c2o: np.ndarray, out: torch.Tensor, roi: Roi) -> None:
+    """`_paste_piece`; when the device runs out of memory, the piece is pasted in halves (down to
+    MIN_PIECE_PIXELS), and a piece that cannot be split is pasted on the host. A piece writes `out`
+    only once it is computed, so a failed one leaves it as it was."""
+    try:
+        _paste_piece(source, M_c2o, out, roi)
+        return
+    except torch.cuda.OutOfMemoryError:
+        halves = _halves(len(source), roi)
+    if halves is None:
+        _paste_piece(source, M_c2o, out, roi, on_host=True)
+        return
+    for frames, box in halves:
+        _paste_or_split(source[frames], M_c2o[frames], out[frames], box)
+
+
 def paste_back_frames(
-    results: torch.Tensor, M_c2o: np.ndarray | torch.Tensor, originals: torch.Tensor
+    results: torch.Tensor,
+    M_c2o: np.ndarray | torch.Tensor,
+    originals: torch.Tensor,
+    *,
+    budget_bytes: int = PASTE_BUDGET_BYTES,
 ) -> torch.Tensor:
     """Batched torch `paste_back` on the device of ``results``: returns (B,H,W,3) uint8 frames.
 
@@ -194,6 +278,10 @@ def paste_back_frames(
     originals: (H,W,3) uint8 shared by the batch or (B,H,W,3) per frame, on the same device.
     Only the box that the crops can reach is computed; the rest of each frame is its original's.
     The frames equal `paste_back(to_uint8_frames(results)[i].numpy(), M, original)` bit for bit.
+
+    Besides its inputs and output, it needs about PASTE_BYTES_PER_PIXEL bytes per pasted pixel: the
+    work is done in pieces (`paste_pieces`) whose working set stays within `budget_bytes`, with the
+    same result; a piece that runs out of device memory is split further, or done on the host.
     """
     side = mask_template().shape[0]
     if results.ndim != 4 or results.shape[1:] != (3, side, side):
@@ -213,12 +301,8 @@ def paste_back_frames(
     roi = _paste_roi(M, height, width)
     if roi is None:
         return out
-    y0, y1, x0, x1 = roi
-    mask = _mask_template_on(results.device).expand(b, -1, -1, -1)
-    source = torch.cat([to_uint8_frames(results), mask], dim=3)
-    warped = _warp_fixed_point(source, *_fixed_point_positions(M, roi, results.device))
-    m = warped[..., 3:].float() / full_255(results.device)
-    original = out[:, y0:y1, x0:x1].float()
-    blend = m * warped[..., :3].float() + (1.0 - m) * original
-    out[:, y0:y1, x0:x1] = blend.clamp(0, 255).to(torch.uint8)
+    for frames, boxes in paste_pieces(b, roi, budget_bytes):
+        source = _crops_with_mask(results[frames])
+        for box in boxes:
+            _paste_or_split(source, M[frames], out[frames], box)
     return out

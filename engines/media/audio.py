@@ -12,8 +12,8 @@ from pathlib import Path
 
 import av
 import av.container
-import av.stream
 import numpy as np
+from av.audio.stream import AudioStream
 
 from engines.media.errors import MediaError
 from engines.media.probe import first_audio_stream, open_container
@@ -57,11 +57,12 @@ def copied_track(out: av.container.OutputContainer, source: Path) -> AudioTrack 
         return None
     video = next(iter(container.streams.video), None)
     anchor = video if video is not None and video.start_time is not None else stream
-    origin = float(anchor.start_time * anchor.time_base) if anchor.start_time is not None else 0.0
+    start, tick = anchor.start_time, anchor.time_base
+    origin = float(start * tick) if start is not None and tick is not None else 0.0
     ctx = stream.codec_context
     codec = ctx.codec.canonical_name
-    if codec in _REMUXABLE and (codec == "mp3" or ctx.extradata):
-        return _RemuxedTrack(out, container, stream, origin)
+    if codec in _REMUXABLE and (codec == "mp3" or ctx.extradata) and stream.time_base is not None:
+        return _RemuxedTrack(out, container, stream, stream.time_base, origin)
     rate = ctx.sample_rate if ctx.sample_rate in _AAC_RATES else 48000
     layout = "mono" if ctx.channels == 1 else "stereo"
     samples = _decoded_samples(container, stream, origin, rate, layout)
@@ -86,52 +87,55 @@ def _corrupt(exc: av.FFmpegError) -> MediaError:
 
 
 class _RemuxedTrack(AudioTrack):
+    """Packets are handled with their start: their pts shifted by the origin, in `time_base` ticks."""
+
     def __init__(
         self,
         out: av.container.OutputContainer,
         container: av.container.InputContainer,
-        stream: av.stream.Stream,
+        stream: AudioStream,
+        time_base: Fraction,
         origin: float,
     ) -> None:
         self._out = out
         self._container = container
         self._out_stream = out.add_stream_from_template(stream)
         self._out_stream.codec_tag = "mp4a"
-        self._time_base = stream.time_base
-        self._origin = round(origin / self._time_base)
+        self._time_base = time_base
+        self._origin = round(origin / time_base)
         self._packets = container.demux(stream)
-        self._pending: av.Packet | None = None
-        self._preroll: av.Packet | None = None
+        self._pending: tuple[av.Packet, int] | None = None
+        self._preroll: tuple[av.Packet, int] | None = None
 
-    def _next(self) -> av.Packet | None:
+    def _next(self) -> tuple[av.Packet, int] | None:
         if self._pending is not None:
-            packet, self._pending = self._pending, None
-            return packet
+            pending, self._pending = self._pending, None
+            return pending
         try:
             for packet in self._packets:
                 if packet.size and packet.pts is not None:
-                    return packet
+                    return packet, packet.pts - self._origin
         except av.FFmpegError as exc:
             raise _corrupt(exc) from exc
         return None
 
     def mux_until(self, seconds: float) -> None:
-        while (packet := self._next()) is not None:
-            start = packet.pts - self._origin
+        while (item := self._next()) is not None:
+            packet, start = item
             if start * self._time_base >= seconds:
-                self._pending = packet
+                self._pending = item
                 return
             if start + (packet.duration or 0) <= 0:
-                self._preroll = packet
+                self._preroll = item
                 continue
             if self._preroll is not None:
-                self._mux(self._preroll)
+                self._mux(*self._preroll)
                 self._preroll = None
-            self._mux(packet)
+            self._mux(packet, start)
 
-    def _mux(self, packet: av.Packet) -> None:
-        packet.pts -= self._origin
-        packet.dts = packet.pts if packet.dts is None else packet.dts - self._origin
+    def _mux(self, packet: av.Packet, start: int) -> None:
+        packet.pts = start
+        packet.dts = start if packet.dts is None else packet.dts - self._origin
         packet.stream = self._out_stream
         self._out.mux(packet)
 
@@ -215,7 +219,7 @@ class _EncodedTrack(AudioTrack):
 
 
 def _decoded_samples(
-    container: av.container.InputContainer, stream: av.stream.Stream, origin: float, rate: int, layout: str
+    container: av.container.InputContainer, stream: AudioStream, origin: float, rate: int, layout: str
 ) -> Iterator[np.ndarray]:
     """Float32 planar blocks of the stream's audio from `origin` on, resampled to `rate`/`layout`.
 

@@ -10,6 +10,7 @@ from typing import Literal
 import av
 import av.container
 import av.stream
+from av.audio.stream import AudioStream
 
 from common import media as headers
 from common.media import MediaFormat, VideoFormat, inspect_media, video_format
@@ -96,7 +97,7 @@ def open_container(
         raise MediaError("corrupt_media", f"cannot read the {fmt} file: {exc}") from exc
 
 
-def first_audio_stream(container: av.container.InputContainer) -> av.stream.Stream | None:
+def first_audio_stream(container: av.container.InputContainer) -> AudioStream | None:
     """The first audio stream that has a decoder, if any."""
     return next((s for s in container.streams.audio if s.codec_context is not None), None)
 

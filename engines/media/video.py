@@ -12,6 +12,7 @@ import av.container
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
 
+from common.media import video_format
 from engines.media.audio import AudioTrack, copied_track, tone_track
 from engines.media.errors import Limits, MediaError
 from engines.media.probe import MediaInfo, open_container, probe
@@ -33,15 +34,16 @@ class VideoReader:
     def __init__(self, path: str | os.PathLike[str], limits: Limits | None = None) -> None:
         self._limits = limits or Limits()
         self.info: MediaInfo = probe(path, self._limits)
-        if self.info.kind != "video":
+        fmt = video_format(self.info.content_type)
+        if fmt is None:
             raise MediaError("unsupported_media", "expected a video, got a still image")
-        self._container = open_container(Path(path), self.info.format, self._limits.max_pixels)
+        self._container = open_container(Path(path), fmt, self._limits.max_pixels)
         try:
             self._stream = next(s for s in self._container.streams.video if s.codec_context is not None)
             self._stream.thread_type = "AUTO"
             self._stream.codec_context.options = {"max_pixels": str(self._limits.max_pixels)}
-            start = self._stream.start_time
-            self._start = float(start * self._stream.time_base) if start else 0.0
+            start, tick = self._stream.start_time, self._stream.time_base
+            self._start = float(start * tick) if start and tick else 0.0
             self._frames = self._decode()
             first = next(self._frames, None)
             if first is None:

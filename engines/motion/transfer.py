@@ -14,6 +14,7 @@ from scipy.spatial import ConvexHull
 
 from common.options import AnimationOptions
 from engines.model import ModelMethods
+from engines.motion.expression import EditBatch, edited_motion, retarget_delta
 from engines.motion.keypoints import MotionInfo, transform_keypoints
 from engines.motion.smoothing import rts_smooth
 
@@ -145,7 +146,10 @@ class MotionTransfer:
     """Turns batches of driving motion into driving keypoints x_d, the official way.
 
     Built once per job from the first source frame and the first driving frame (the reference of
-    relative motion); then called on aligned batches of source and driving motion.
+    relative motion); then called on aligned batches of source and driving motion. With an expression
+    `edit` (engines.motion.expression), the edited source is driven: its expression, pose and scale
+    are the edit's, and the edit's eye/lip retargeting delta is added to every frame before stitching;
+    the expression-friendly reference stays the unedited source, so the multiplier scales the edit too.
     """
 
     def __init__(
@@ -157,8 +161,11 @@ class MotionTransfer:
         *,
         source_is_video: bool = False,
         driving_is_video: bool = True,
+        edit: EditBatch | None = None,
     ) -> None:
         self.model = model
+        self.edit = edit
+        self.edit_delta = None if edit is None else retarget_delta(model, source_first, edit)
         self.options = options
         self.source_is_video = source_is_video
         self.driving_is_video = driving_is_video
@@ -177,15 +184,21 @@ class MotionTransfer:
             self.x_d_0 = self._pose(source_first, self.reference, None)
             self.multiplier = motion_multiplier(source_first.x_s, self.x_d_0)
 
-        self.eye_hold_target: float | None = None
+        self.eye_hold_target: torch.Tensor | None = None  # (1, 1), on the ratios' device: no host sync
         if (
             source_is_video
             and options.flag_source_video_eye_retargeting
             and source_first.eye_ratio is not None
         ):
-            target = float(source_first.eye_ratio[0, :2].mean())
+            target = source_first.eye_ratio[:1, :2].mean(dim=1, keepdim=True)
             below = target < options.source_video_eye_retargeting_threshold
-            self.eye_hold_target = EYE_HOLD_FALLBACK if below else target
+            self.eye_hold_target = target.masked_fill(below, EYE_HOLD_FALLBACK)
+
+    def _edited(self, src: SourceMotion) -> SourceMotion:
+        """The source with the expression edit applied to its motion (x_s stays the rendered source's)."""
+        if self.edit is None:
+            return src
+        return SourceMotion(edited_motion(src.info, self.edit), src.x_s, src.eye_ratio, src.lip_ratio)
 
     def _pose(self, src: SourceMotion, drv: MotionInfo, smooth: SmoothedMotion | None) -> torch.Tensor:
         """Re-pose the source keypoints with the driving motion (before stitching): (B, 21, 3)."""
@@ -223,7 +236,7 @@ class MotionTransfer:
     def _eye_hold(self, src: SourceMotion) -> torch.Tensor | None:
         if self.eye_hold_target is None or src.eye_ratio is None:
             return None
-        target = torch.full_like(src.eye_ratio[:, :1], self.eye_hold_target)
+        target = self.eye_hold_target.expand(src.eye_ratio.shape[0], 1)
         return self.model.retarget_eye(src.x_s, torch.cat([src.eye_ratio, target], dim=1))
 
     def _retarget(
@@ -250,9 +263,11 @@ class MotionTransfer:
         if self.source_is_video and smooth is None:
             raise ValueError("a video source needs the smoothed motion (smooth_video_motion)")
         x_s = src.x_s.expand(b, -1, -1)
-        x_d = self._pose(src, drv.info, smooth)
+        x_d = self._pose(self._edited(src), drv.info, smooth)
         if self.x_d_0 is not None:
             x_d = x_s + (x_d - self.x_d_0) * self.multiplier
+        if self.edit_delta is not None:
+            x_d = x_d + self.edit_delta
 
         lip_before = self._lip_normalisation(src)
         eye_before = self._eye_hold(src)

@@ -1,11 +1,19 @@
-"""The FastAPI application factory and the gateway's entry point."""
+"""The FastAPI application factory and the gateway's entry point.
 
+Besides the routes, each gateway runs two tasks while it serves: one flags running jobs whose worker
+went silent (`JobQueue.flag_stalled`, every second), one is a webhook dispatcher (service.webhooks;
+unless `webhook_dispatcher` is off).
+"""
+
+import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
@@ -15,19 +23,36 @@ from service.gateway.listing import JobIndex
 from service.gateway.middleware import BodySizeLimitMiddleware
 from service.gateway.ratelimit import RateLimiter
 from service.gateway.routes import health, jobs, uploads
+from service.gateway.services.jobs import job_view
 from service.gateway.signing import UploadSigner
 from service.gateway.state import Gateway
 from service.metrics import RedisMetricsCollector
-from service.queue import JobQueue, connect
+from service.queue import JobQueue, JobReader, connect, connect_async
 from service.settings import Settings, get_settings
 from service.storage import StorageError, make_store
 from service.tracing import TraceContextMiddleware
+from service.webhooks import WebhookDispatcher
+
+log = structlog.get_logger("gateway")
+STALL_CHECK_S = 1.0
+"""How often a gateway looks for running jobs whose heartbeat stopped."""
+
+
+async def watch_stalls(queue: JobQueue) -> None:
+    """Flag stalled jobs every STALL_CHECK_S until cancelled (each job once, whichever gateway sees it)."""
+    while True:
+        try:
+            await asyncio.to_thread(queue.flag_stalled)
+        except redis.exceptions.RedisError as exc:
+            log.warning("jobs.stall_check_failed", error=str(exc))
+        await asyncio.sleep(STALL_CHECK_S)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gateway for `settings` (default: from the environment). Connections open lazily."""
     settings = settings or get_settings()
     client = connect(settings)
+    aclient = connect_async(settings)
     queue = JobQueue(client, settings)
     secret = settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None
     registry = CollectorRegistry(auto_describe=False)
@@ -36,17 +61,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     gateway = Gateway(
         settings=settings,
         redis=client,
+        aredis=aclient,
         queue=queue,
+        reader=JobReader(aclient, settings.queue_prefix),
         store=make_store(settings),
         signer=UploadSigner(secret or secrets.token_bytes(32)),
         registry=registry,
-        index=JobIndex(client, queue, settings),
-        limiter=RateLimiter(client, settings.queue_prefix, limit) if limit else None,
+        index=JobIndex(client, aclient, queue, settings),
+        limiter=RateLimiter(aclient, settings.queue_prefix, limit) if limit else None,
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(watch_stalls(queue), name="stall-watch")]
+        if settings.webhook_dispatcher:
+            dispatcher = WebhookDispatcher(aclient, settings, job_view)
+            tasks.append(asyncio.create_task(dispatcher.run(), name="webhook-dispatcher"))
         yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await aclient.aclose()
         client.close()
 
     app = FastAPI(
@@ -81,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, model_schema in jobs.extra_schemas().items():
                 components.setdefault(name, model_schema)
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -102,4 +140,6 @@ def serve(settings: Settings | None = None) -> None:
         log_config=None,
         proxy_headers=True,
         timeout_graceful_shutdown=30,
+        loop="uvloop",
+        http="httptools",
     )

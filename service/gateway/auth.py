@@ -7,7 +7,7 @@ set, every authenticated request counts against its key (without keys: its clien
 
 import hashlib
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, HTTPException, Request, Security
@@ -44,7 +44,7 @@ def _authenticate(gateway: Gateway, presented: str | None) -> str:
     )
 
 
-def _rate_limit(gateway: Gateway, request: Request, scope: str) -> None:
+async def _rate_limit(gateway: Gateway, request: Request, scope: str) -> None:
     limiter = gateway.limiter
     if limiter is None:
         return
@@ -52,7 +52,7 @@ def _rate_limit(gateway: Gateway, request: Request, scope: str) -> None:
         caller = f"addr:{request.client.host if request.client else 'unknown'}"
     else:
         caller = f"key:{key_id(scope)}"
-    decision = limiter.hit(caller)
+    decision = await limiter.hit(caller)
     if decision.allowed:
         return
     log.info("request.rate_limited", caller=caller, retry_after_s=decision.retry_after_s)
@@ -68,7 +68,7 @@ def _rate_limit(gateway: Gateway, request: Request, scope: str) -> None:
     )
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     gateway: Annotated[Gateway, Depends(get_gateway)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
@@ -79,8 +79,22 @@ def require_api_key(
     Raises 401 when keys are configured and none of them was presented, 429 over the rate limit.
     """
     scope = _authenticate(gateway, bearer.credentials if bearer is not None else header_key)
-    _rate_limit(gateway, request, scope)
+    await _rate_limit(gateway, request, scope)
     return scope
 
 
 ApiScope = Annotated[str, Depends(require_api_key)]
+
+AUTH_OPENAPI: dict[str, Any] = {"security": [{"HTTPBearer": []}, {"APIKeyHeader": []}]}
+"""The security requirement `require_api_key` declares, for routes that call `authorize` instead."""
+
+
+async def authorize(request: Request) -> str:
+    """`require_api_key` without FastAPI's dependency injection (a third of a read's time), for the
+    routes of the fast read path: the same keys, the same answers."""
+    gateway: Gateway = request.app.state.gateway
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    bearer = credentials.strip() if scheme.lower() == "bearer" else ""
+    scope = _authenticate(gateway, bearer or request.headers.get("x-api-key"))
+    await _rate_limit(gateway, request, scope)
+    return scope

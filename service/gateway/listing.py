@@ -14,8 +14,10 @@ import binascii
 import re
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from service.queue import JobQueue, JobRecord, job_lifetime_s
 from service.settings import Settings
@@ -53,10 +55,11 @@ class Cursor:
 
 
 class JobIndex:
-    """Add jobs to their owner's index and page through it."""
+    """Add jobs to their owner's index (blocking client) and page through it (asyncio client)."""
 
-    def __init__(self, redis: Redis, queue: JobQueue, settings: Settings) -> None:
+    def __init__(self, redis: Redis, aredis: AsyncRedis, queue: JobQueue, settings: Settings) -> None:
         self.redis = redis
+        self.aredis = aredis
         self.queue = queue
         self._prefix = f"{settings.queue_prefix}:owner"
         self.lifetime_s = job_lifetime_s(settings, "queued")
@@ -83,19 +86,21 @@ class JobIndex:
         """Unindex a job that was never enqueued."""
         self.redis.zrem(self._key(owner), job_id)
 
-    def page(self, owner: str, limit: int, cursor: Cursor | None) -> tuple[list[JobRecord], Cursor | None]:
+    async def page(
+        self, owner: str, limit: int, cursor: Cursor | None
+    ) -> tuple[list[JobRecord], Cursor | None]:
         """Up to `limit` of the owner's jobs older than `cursor`, newest first, and the next cursor."""
         key = self._key(owner)
         records: list[JobRecord] = []
         position = cursor
         while len(records) < limit:
-            batch = self._ids_after(key, position, limit - len(records))
+            batch = await self._ids_after(key, position, limit - len(records))
             if not batch:
                 return records, None
-            with self.redis.pipeline(transaction=False) as pipe:
+            async with self.aredis.pipeline(transaction=False) as pipe:
                 for job_id, _ in batch:
                     pipe.hgetall(self.queue.job_key(job_id))
-                hashes = pipe.execute()
+                hashes = await pipe.execute()
             gone = []
             for (job_id, _), raw in zip(batch, hashes, strict=True):
                 if not raw:
@@ -105,24 +110,27 @@ class JobIndex:
                 if record.owner == owner:
                     records.append(record)
             if gone:
-                self.redis.zrem(key, *gone)
+                await self.aredis.zrem(key, *gone)
             position = Cursor(batch[-1][1], batch[-1][0])
-        more = bool(self._ids_after(key, position, 1))
+        more = bool(await self._ids_after(key, position, 1))
         return records, position if more else None
 
-    def _ids_after(self, key: str, cursor: Cursor | None, count: int) -> list[tuple[str, float]]:
+    async def _ids_after(self, key: str, cursor: Cursor | None, count: int) -> list[tuple[str, float]]:
         """The next `count` (id, score) pairs after `cursor` in newest-first order.
 
         Jobs with the same score are ordered by id, descending, as ZREVRANGEBYSCORE returns them.
         """
         if cursor is None:
-            rows = self.redis.zrevrangebyscore(key, "+inf", "-inf", start=0, num=count, withscores=True)
+            rows = await self.aredis.zrevrangebyscore(
+                key, "+inf", "-inf", start=0, num=count, withscores=True
+            )
         else:
-            ties = int(self.redis.zcount(key, cursor.created_at, cursor.created_at))
-            rows = self.redis.zrevrangebyscore(
+            ties = int(await self.aredis.zcount(key, cursor.created_at, cursor.created_at))
+            rows = await self.aredis.zrevrangebyscore(
                 key, cursor.created_at, "-inf", start=0, num=count + ties, withscores=True
             )
-        pairs = [(member.decode(), float(score)) for member, score in rows]
+        # withscores=True gives (member, score) pairs; the client's return type does not follow the flag
+        pairs = [(member.decode(), float(score)) for member, score in cast(list[tuple[bytes, float]], rows)]
         if cursor is not None:
             pairs = [
                 (job_id, score)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 WINDOW_S = 60
 
@@ -52,14 +52,14 @@ class Decision:
 class RateLimiter:
     """`limit` requests per minute per caller, counted in Redis under `prefix`."""
 
-    def __init__(self, redis: Redis, prefix: str, limit: int) -> None:
+    def __init__(self, redis: AsyncRedis, prefix: str, limit: int) -> None:
         self.limit = limit
         self._prefix = f"{prefix}:ratelimit"
         self._script = redis.register_script(_SLIDING_WINDOW)
 
-    def hit(self, caller: str) -> Decision:
-        """Count one request of `caller` if it is within the limit."""
-        allowed, value = self._script(keys=[f"{self._prefix}:{caller}"], args=[self.limit])
+    async def hit(self, caller: str) -> Decision:
+        """Count one request of `caller` if it is within the limit (one round trip)."""
+        allowed, value = await self._script(keys=[f"{self._prefix}:{caller}"], args=[self.limit])
         number = float(value)
         if allowed:
             return Decision(True, max(0, math.floor(number)), 0)

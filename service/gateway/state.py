@@ -1,15 +1,17 @@
-"""What the routes share: settings, Redis, the job queue and index, the store, signer, limiter, metrics."""
+"""What the routes share: settings, Redis (blocking and asyncio), the job queue, reader and index, the
+store, signer, limiter, metrics."""
 
 from dataclasses import dataclass
 
 from fastapi import Request
 from prometheus_client import CollectorRegistry
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from service.gateway.listing import JobIndex
 from service.gateway.ratelimit import RateLimiter
 from service.gateway.signing import UploadSigner
-from service.queue import JobQueue
+from service.queue import JobQueue, JobReader
 from service.settings import Settings
 from service.storage import Store
 
@@ -20,7 +22,9 @@ class Gateway:
 
     settings: Settings
     redis: Redis
+    aredis: AsyncRedis
     queue: JobQueue
+    reader: JobReader
     store: Store
     signer: UploadSigner
     registry: CollectorRegistry
@@ -32,6 +36,6 @@ class Gateway:
         return (self.settings.public_base_url or str(request.base_url)).rstrip("/")
 
 
-def get_gateway(request: Request) -> Gateway:
-    """FastAPI dependency: the app's Gateway."""
+async def get_gateway(request: Request) -> Gateway:
+    """FastAPI dependency: the app's Gateway (async: no thread hop)."""
     return request.app.state.gateway

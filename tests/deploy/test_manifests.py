@@ -343,7 +343,9 @@ def test_services_connect_to_the_redis_service(objects):
     for name in (GATEWAY, WORKER):
         (container,) = pod_spec(one(objects, "Deployment", name))["containers"]
         url = {v["name"]: v.get("value") for v in container["env"]}["LIVEPORTRAIT_REDIS_URL"]
-        host = re.fullmatch(r"redis://(?::[^@]+@)?([\w.-]+):6379/\d+", url).group(1)
+        match = re.fullmatch(r"redis://(?::[^@]+@)?([\w.-]+):6379/\d+", url)
+        assert match is not None, url
+        host = match.group(1)
         assert find(objects, "Service", host), url
 
 
@@ -412,10 +414,13 @@ def test_compose_gateways_behind_a_load_balancer():
     (balancer,) = [name for name, s in SERVICES.items() if s.get("image", "").startswith("nginx:")]
     mount = next(v for v in SERVICES[balancer]["volumes"] if v.endswith(":/etc/nginx/nginx.conf:ro"))
     nginx_conf = (ROOT / mount.split(":")[0]).read_text()
-    upstream = re.search(r"upstream\s+\w+\s*\{(.*?)\}", nginx_conf, re.S).group(1)
+    block = re.search(r"upstream\s+\w+\s*\{(.*?)\}", nginx_conf, re.S)
+    assert block is not None, "nginx.conf has no upstream block"
+    upstream = block.group(1)
     assert sorted(re.findall(r"server\s+([\w-]+):8000\b", upstream)) == sorted(gateways)
     published = [compose_default(p) for p in SERVICES[balancer]["ports"]]
-    assert re.search(r"\blisten\s+(\d+)", nginx_conf).group(1) == published[0].rsplit(":", 1)[1]
+    listen = re.search(r"\blisten\s+(\d+)", nginx_conf)
+    assert listen is not None and listen.group(1) == published[0].rsplit(":", 1)[1]
     for gateway in gateways:
         assert SERVICES[balancer]["depends_on"][gateway]["condition"] == "service_healthy"
 
@@ -586,7 +591,9 @@ def test_dockerfile_target_runs_as_the_manifests_non_root_user(target: str):
 @pytest.mark.parametrize("target", ["gateway", "worker"])
 def test_dockerfile_target_has_healthcheck_and_command(target: str):
     (healthcheck,) = final_steps(target, "HEALTHCHECK")
-    command = re.search(r"CMD\s+(\[.*\])", healthcheck).group(1)
+    match = re.search(r"CMD\s+(\[.*\])", healthcheck)
+    assert match is not None, healthcheck
+    command = match.group(1)
     assert yaml.safe_load(command) == ["liveportrait-healthcheck", target]
     assert any(rest.endswith(" /usr/local/bin/liveportrait-healthcheck") for rest in steps(target, "COPY"))
     assert yaml.safe_load(final_steps(target, "CMD")[-1]) == ["liveportrait", target]

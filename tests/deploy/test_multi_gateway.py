@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import av
@@ -95,7 +96,7 @@ def gateway_processes(settings: Settings, logs: list[Path]) -> Iterator[list[Gat
                 )
             gateways.append(GatewayProcess(f"http://127.0.0.1:{port}", process, log))
         for gateway in gateways:
-            wait_until(lambda gateway=gateway: _ready(gateway), 30, f"{gateway.url}/readyz to answer 200")
+            wait_until(partial(_ready, gateway), 30, f"{gateway.url}/readyz to answer 200")
         yield gateways
     finally:
         for gateway in gateways:
@@ -132,6 +133,7 @@ def test_e2e_two_gateways_one_worker_every_job_once(
         s3_bucket=s3_bucket,
         api_keys=[hashlib.sha256(API_KEY.encode()).hexdigest()],
     )
+    assert settings.s3_endpoint_url
     source, driving = write_inputs(tmp_path, FRAMES)
     files = {"source": ("face.png", source.read_bytes()), "driving": ("driving.mp4", driving.read_bytes())}
     auth = {"Authorization": f"Bearer {API_KEY}"}
@@ -189,11 +191,12 @@ def test_e2e_two_gateways_one_worker_every_job_once(
 
         finals: dict[str, dict] = {}
         for job_id in ids:
-            a, b = (client.get(f"/v1/jobs/{job_id}") for client in http)
-            assert a.content == b.content and a.headers["etag"] == b.headers["etag"]
-            conditional = http[1].get(f"/v1/jobs/{job_id}", headers={"If-None-Match": a.headers["etag"]})
+            from_a, from_b = (client.get(f"/v1/jobs/{job_id}") for client in http)
+            assert from_a.content == from_b.content and from_a.headers["etag"] == from_b.headers["etag"]
+            etag = from_a.headers["etag"]
+            conditional = http[1].get(f"/v1/jobs/{job_id}", headers={"If-None-Match": etag})
             assert conditional.status_code == 304
-            finals[job_id] = a.json()
+            finals[job_id] = from_a.json()
         downloads = {}
         for job_id, taken_by in submitted:  # the result through the other gateway: a redirect to S3
             redirect = http[1 - taken_by].get(f"/v1/jobs/{job_id}/result")
@@ -205,10 +208,10 @@ def test_e2e_two_gateways_one_worker_every_job_once(
         stack.close()
 
     for job_id in ids:
-        job = finals[job_id]
-        assert job["status"] == "succeeded" and job["attempts"] == 1, job
-        assert job["progress"]["frames_done"] == FRAMES and job["result"]["frames"] == FRAMES
-        assert job["result"]["url"] == f"{PUBLIC_URL}/v1/jobs/{job_id}/result"
+        final = finals[job_id]
+        assert final["status"] == "succeeded" and final["attempts"] == 1, final
+        assert final["progress"]["frames_done"] == FRAMES and final["result"]["frames"] == FRAMES
+        assert final["result"]["url"] == f"{PUBLIC_URL}/v1/jobs/{job_id}/result"
         statuses = [ORDER[status] for status in seen[job_id]]
         assert statuses == sorted(statuses), f"status went back: {seen[job_id]}"
         assert frame_count(downloads[job_id], tmp_path / f"{job_id}.mp4") == FRAMES

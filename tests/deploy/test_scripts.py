@@ -24,6 +24,7 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 
 def load(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"deploy_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

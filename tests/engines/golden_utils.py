@@ -14,7 +14,7 @@ REL_L2 = 1e-4
 def rel_l2(actual: np.ndarray, expected: np.ndarray) -> float:
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
-    return float(np.linalg.norm(a - e) / max(np.linalg.norm(e), 1e-30))
+    return float(np.linalg.norm(a - e) / max(float(np.linalg.norm(e)), 1e-30))
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, name: str, tol: float = REL_L2) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from common.engine_config import EngineConfig
 from engines.acceleration.inference import InferenceModel
-from engines.engine import load_engine, resolve_device
+from engines.engine import FRAME_BATCH, load_engine, resolve_device
 from engines.face.detection.haar import HaarAnalyzer
 from engines.model import LivePortraitModel
 from service.settings import Settings
@@ -15,7 +15,7 @@ from service.settings import Settings
 def test_defaults_are_the_optimised_torch_model_in_float32(golden_weights: Path) -> None:
     engine = load_engine(EngineConfig(weights_dir=golden_weights, device="cpu"))
     assert isinstance(engine.model, InferenceModel)
-    assert (engine.backend, engine.precision, engine.frame_batch) == ("torch", "fp32", 8)
+    assert (engine.backend, engine.precision, engine.frame_batch) == ("torch", "fp32", FRAME_BATCH["cpu"])
     assert engine.pipelined and not engine.compose_on_device
     assert isinstance(engine.analyzer, HaarAnalyzer)  # no InsightFace models in the synthetic bundle
 
@@ -37,12 +37,14 @@ def test_the_config_decides_model_and_batching(golden_weights: Path) -> None:
 
 
 def test_settings_give_the_engine_config(tmp_path: Path) -> None:
-    settings = Settings(weights_dir=tmp_path, device="cpu", frame_batch=4, detector="haar", optimize=False)
+    settings = Settings(
+        weights_dir=tmp_path, device="cpu", frame_batch=4, detector="haar-box", optimize=False
+    )
     assert settings.engine_config() == EngineConfig(
         weights_dir=tmp_path,
         device="cpu",
         frame_batch=4,
-        detector="haar",
+        detector="haar-box",
         optimize=False,
         engine_cache_dir=Settings().engine_cache_dir,
     )

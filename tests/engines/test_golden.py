@@ -5,6 +5,8 @@ generated with the seed stored in it. Tolerances are the oracle README's: 1e-4 r
 tensors, 1 grey level (and 1e-3 relative L2) on uint8 frames.
 """
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from engines.motion.transfer import DrivingMotion, MotionTransfer, SourceMotion,
 
 from .golden_utils import assert_close, assert_close_sampled, assert_frames_close, golden_export_dir
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "pose_friendly": {"driving_option": "pose-friendly"},
     "region_exp_nostitch": {"animation_region": "exp", "flag_stitching": False},

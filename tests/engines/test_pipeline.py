@@ -14,6 +14,7 @@ import torch
 
 from common.errors import Canceled
 from common.options import AnimationOptions
+from common.progress import ProgressEvent
 from engines import driving as driving_module
 from engines import pipeline
 from engines.demo import head_motion_frames, portrait, write_demo_inputs
@@ -48,7 +49,7 @@ def test_e2e_cli_animate_gives_h264_with_audio_at_the_driving_fps(tmp_path, weig
         video = container.streams.video[0]
         assert video.codec_context.name == "h264"
         assert video.codec_context.pix_fmt == "yuv420p"
-        assert float(video.average_rate) == pytest.approx(15.0)
+        assert video.average_rate is not None and float(video.average_rate) == pytest.approx(15.0)
         assert len(container.streams.audio) == 1
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 8
@@ -147,10 +148,10 @@ def read_frames(path: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture
-def stand_in_animator(weights: Path) -> Callable[..., Animator]:
+def stand_in_animator(weights: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Animator]:
     def build(**kwargs) -> Animator:
         animator = cpu_animator(weights, frame_batch=2, **kwargs)
-        animator.engine.model.render = stand_in_render
+        monkeypatch.setattr(animator.engine.model, "render", stand_in_render)
         return animator
 
     return build
@@ -167,17 +168,20 @@ def test_pipelined_job_equals_the_sequential_one(tmp_path, stand_in_animator, in
     options = AnimationOptions(output_kind=output_kind)
     outputs = {}
     for pipelined in (False, True):
-        progress = []
+        events: list[ProgressEvent] = []
         animator = stand_in_animator(pipelined=pipelined)
         result = animator.animate(
-            source,
-            driving,
-            tmp_path / f"{pipelined}.mp4",
-            options,
-            progress=lambda done, total, seen=progress: seen.append((done, total)),
+            source, driving, tmp_path / f"{pipelined}.mp4", options, progress=events.append
         )
         assert result.frames == 5
-        assert progress[-1] == (5, 5) and progress == sorted(progress)
+        # each phase on entry, then frames as M reads them (batch 2) and as W and G render them
+        assert [(e.phase, e.done, e.total) for e in events] == [
+            ("preparing", 0, None),
+            ("extracting_motion", 0, None),
+            *(("extracting_motion", done, 5) for done in (2, 4, 5)),
+            *(("rendering", done, 5) for done in (0, 2, 4, 5)),
+            ("finalizing", 0, None),
+        ]
         outputs[pipelined] = read_frames(result.output)
     assert len(outputs[True]) == len(outputs[False]) == 5
     assert all(np.array_equal(a, b) for a, b in zip(outputs[True], outputs[False], strict=True))
@@ -189,16 +193,23 @@ def test_video_source_pipelined_equals_sequential(tmp_path, stand_in_animator):
     write_test_video(source, frames[::-1], fps=10.0, with_audio=False)
     driving = tmp_path / "driving.mp4"
     write_test_video(driving, frames, fps=10.0, with_audio=True)
+    events: list[ProgressEvent] = []
     outputs = [
         read_frames(
             stand_in_animator(pipelined=pipelined)
-            .animate(source, driving, tmp_path / f"{pipelined}.mp4", AnimationOptions())
+            .animate(
+                source, driving, tmp_path / f"{pipelined}.mp4", AnimationOptions(), progress=events.append
+            )
             .output
         )
         for pipelined in (False, True)
     ]
     assert len(outputs[0]) == 5
     assert all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True))
+    # motion of the 5 driving frames, then of the 5 source frames (counted on), then 5 rendered
+    motion = [(e.done, e.total) for e in events[: len(events) // 2] if e.phase == "extracting_motion"]
+    assert motion == [(0, None), (2, 5), (4, 5), (5, 5), (7, 10), (9, 10), (10, 10)]
+    assert [e.phase for e in events[: len(events) // 2]][-1] == "finalizing"
 
 
 def test_paste_back_on_the_device_gives_the_host_frames(tmp_path, stand_in_animator, inputs):

@@ -9,15 +9,16 @@ import torch
 from common.options import AnimationOptions
 from engines.engine import Engine
 from engines.face.detection import load_analyzer, official_model_paths
+from engines.model import LivePortraitModel
 from engines.source import EngineError, crop_source, prepare_source, resize_to_limit, stack_ratios
 from tests.engines.face.test_detection import make_106, make_203, make_scrfd, square
 from tests.engines.factory import cpu_engine
 
 
 @pytest.fixture(scope="module")
-def detector_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    """An engine with the official detector stack (tiny generated models) and no networks: enough
-    for detection and crop."""
+def detector_engine(tmp_path_factory: pytest.TempPathFactory, golden_model: LivePortraitModel) -> Engine:
+    """An engine with the official detector stack (tiny generated models); its networks (the golden
+    synthetic ones) are not used by detection and crop."""
     root = tmp_path_factory.mktemp("detector")
     paths = official_model_paths(root)
     make_scrfd(paths["detector"])
@@ -25,8 +26,8 @@ def detector_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     make_203(paths["landmark203"])
     analyzer = load_analyzer(root, "insightface")
     return Engine(
-        model=None, analyzer=analyzer, device=torch.device("cpu"), backend="torch", precision="fp32"
-    )  # type: ignore[arg-type]
+        model=golden_model, analyzer=analyzer, device=torch.device("cpu"), backend="torch", precision="fp32"
+    )
 
 
 def test_det_thresh_reaches_the_detector(detector_engine: Engine) -> None:
@@ -53,7 +54,7 @@ def test_ratios_are_stacked_on_the_engine_device() -> None:
 
 
 def test_prepare_source_gives_crop_keypoints_and_features(golden_weights: Path) -> None:
-    engine = cpu_engine(golden_weights, detector="haar")
+    engine = cpu_engine(golden_weights, detector="haar-box")
     rgb = np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)
     source = prepare_source(engine, rgb, AnimationOptions(flag_do_crop=False))
     assert source.crop.crop512.shape == (512, 512, 3) and source.crop.frame.shape == (300, 200, 3)

@@ -119,6 +119,7 @@ def test_a_pickle_with_code_is_refused(tmp_path):
 @pytest.mark.parametrize("seed", [0, 7])
 def test_synthetic_bundle_is_bit_identical_to_the_shared_generator(tmp_path, seed):
     spec = importlib.util.spec_from_file_location("oracle_synthetic_weights", SHARED_GENERATOR)
+    assert spec is not None and spec.loader is not None
     oracle = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(oracle)
     theirs = oracle.write_bundle(tmp_path / "theirs", seed)

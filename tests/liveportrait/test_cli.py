@@ -111,3 +111,45 @@ def test_gateway_command_never_imports_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "needs the engines extra" in result.stderr
+
+
+def test_every_expression_control_has_a_flag_on_edit_and_animate():
+    import shlex
+
+    from common.expression import ExpressionControls
+    from liveportrait.arguments import expression_from_args
+
+    def parse(command: str):
+        return build_parser().parse_args(shlex.split(command))
+
+    for name in ExpressionControls.model_fields:
+        for command in ("edit s.jpg -o o.png", "animate s.jpg d.mp4 -o o.mp4"):
+            assert getattr(parse(f"{command} --{name.replace('_', '-')} 0.5"), name) == 0.5, name
+    assert expression_from_args(parse("edit s.jpg -o o.png")) is None
+    args = parse("edit s.jpg -o o.png --smile 0.8 --yaw 10 --eyeball-direction-x -5")
+    assert expression_from_args(args) == ExpressionControls(smile=0.8, yaw=10, eyeball_direction_x=-5)
+    args = parse("""animate s.jpg d.mp4 -o o.mp4 --wink 9 --expression '{"smile": 0.5, "wink": 3}'""")
+    assert expression_from_args(args) == ExpressionControls(smile=0.5, wink=9)  # the flag wins
+
+
+def test_edit_refuses_out_of_range_controls_and_flags_with_keyframes(tmp_path, capsys):
+    assert main(["edit", "s.jpg", "-o", "o.png", "--smile", "2"]) == 2
+    assert "smile" in capsys.readouterr().err
+    keyframes = tmp_path / "k.json"
+    keyframes.write_text('[{"expression": {"smile": 1}, "change": 2}]')
+    with pytest.raises(SystemExit, match="exactly one of 'expression' or 'keyframes'"):
+        main(["edit", "s.jpg", "-o", "o.mp4", "--keyframes", str(keyframes), "--smile", "1"])
+
+
+def test_e2e_cli_edit_writes_a_still_of_the_source_size(tmp_path, capsys):
+    from engines.demo import portrait
+    from engines.media import read_image, write_image
+
+    main(["weights", "synthetic", str(tmp_path / "weights")])
+    source = tmp_path / "portrait.png"
+    write_image(source, portrait()[:, :501])
+    out = tmp_path / "edited.jpg"
+    argv = ["edit", str(source), "-o", str(out), "--smile", "0.8", "--yaw", "10", "--expression", '{"wink": 5}']
+    assert main([*argv, "--weights", str(tmp_path / "weights"), "--device", "cpu"]) == 0
+    assert f"wrote {out} (1 frames, 501x512" in capsys.readouterr().out
+    assert read_image(out).shape == (512, 501, 3)

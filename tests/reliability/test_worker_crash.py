@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import av
 import pytest
@@ -29,7 +30,11 @@ RENDER_DELAY_S = 0.25
 """Per-frame delay of the first worker, so that it is surely mid-job when it is killed (a worker
 process cannot be stopped mid-render with a doubles.Hold, which works within one process only)."""
 
-S3Env = Callable[[int], tuple[Settings, JobQueue, Store]]
+
+class S3Env(Protocol):
+    """The `s3_env` fixture: settings with `job_retries` on a fresh bucket, their queue and store."""
+
+    def __call__(self, job_retries: int) -> tuple[Settings, JobQueue, Store]: ...
 
 
 def s3_keys(settings: Settings, prefix: str) -> list[str]:
@@ -62,7 +67,7 @@ def kill_mid_job(worker: WorkerProcess, queue: JobQueue, job_id: str) -> None:
 def rq_state(queue: JobQueue, worker: WorkerProcess) -> str | None:
     """The worker's state as RQ records it in Redis (busy, idle, ...)."""
     state = queue.redis.hget(f"rq:worker:{worker.name}", "state")
-    return None if state is None else state.decode()
+    return state.decode() if isinstance(state, bytes) else state
 
 
 @pytest.fixture

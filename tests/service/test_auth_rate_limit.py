@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -15,9 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import redis.asyncio
 
 from service.gateway.auth import key_id
-from service.gateway.ratelimit import RateLimiter
+from service.gateway.ratelimit import Decision, RateLimiter
 from service.settings import Settings
 from tests.conftest import free_port
 from tests.waiting import wait_until
@@ -110,7 +112,6 @@ def test_without_keys_the_limit_is_per_client_address(
 def test_sliding_window_counts_the_previous_minute(redis_url: str, queue_prefix: str) -> None:
     """A full previous minute still blocks a caller whose current minute is empty (no fixed-window burst)."""
     client = redis.Redis.from_url(redis_url)
-    limiter = RateLimiter(client, queue_prefix, limit=3)
 
     def second_not_at_a_minutes_end() -> int | None:
         """Redis's current second, unless it is one of a minute's last two (the hits below must
@@ -120,9 +121,15 @@ def test_sliding_window_counts_the_previous_minute(redis_url: str, queue_prefix:
 
     seconds = wait_until(second_not_at_a_minutes_end, 5, "Redis's clock to leave the end of a minute")
     client.set(f"{queue_prefix}:ratelimit:busy:{seconds // 60 - 1}", 1000, ex=120)
-    decision = limiter.hit("busy")
+
+    async def hits() -> tuple[Decision, list[bool]]:
+        async with redis.asyncio.Redis.from_url(redis_url) as aclient:
+            limiter = RateLimiter(aclient, queue_prefix, limit=3)
+            return await limiter.hit("busy"), [(await limiter.hit("calm")).allowed for _ in range(4)]
+
+    decision, calm = asyncio.run(hits())
     assert not decision.allowed and 1 <= decision.retry_after_s <= 60
-    assert [limiter.hit("calm").allowed for _ in range(4)] == [True, True, True, False]
+    assert calm == [True, True, True, False]
     client.close()
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.client import Client
+from service.client import Client, Input
 from service.media import MediaLimits, MediaRejected, inspect_media
 from service.queue import JobQueue, connect
 from service.settings import Settings
@@ -416,11 +416,14 @@ class _Files(BaseHTTPRequestHandler):
 @pytest.fixture
 def file_server() -> Iterator[tuple[str, dict[str, bytes]]]:
     """A loopback HTTP server and the dict of what it serves."""
-    handler = type("Files", (_Files,), {"files": {}})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+    class Files(_Files):
+        files: ClassVar[dict[str, bytes]] = {}
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler.files
+    yield f"http://127.0.0.1:{server.server_address[1]}", Files.files
     server.shutdown()
     server.server_close()
 
@@ -450,7 +453,7 @@ def test_undecidable_inputs_fail_the_job_with_a_code_and_the_worker_goes_on(
     blank.write_bytes(media.blank_png)
     face.write_bytes(media.face_png)
     driving.write_bytes(media.driving)
-    cases = [
+    cases: list[tuple[tuple[Input, Input], str]] = [
         ((blank, driving), "no_face"),
         ((f"{base}/face.png", f"{base}/motion.pkl"), "unsupported_media"),
         ((f"{base}/photo.jpg", f"{base}/driving.mp4"), "unsupported_media"),
@@ -471,6 +474,7 @@ def _video(path: Path, codec: str, pix_fmt: str = "yuv420p") -> bytes:
     """8 frames of 64x64 at 25 fps in the container its suffix names."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=25)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = 64, 64, pix_fmt
         for rgb in moving_frames(8):
             for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -86,9 +87,13 @@ def test_submit_form_stores_inputs_indexes_and_enqueues(gateway: Gateway, media:
     assert source == {"key": f"inputs/{record.id}/source.png", "url": None, "content_type": "image/png"}
     assert gateway.store.size(source["key"]) == len(media[0])
     assert record.payload["driving"]["content_type"] == "video/mp4"
-    listed, cursor = job_service.page(gateway, OWNER, 10, None)
+
+    async def pages() -> list[tuple[list, str | None]]:
+        return [await job_service.page(gateway, owner, 10, None) for owner in (OWNER, OTHER)]
+
+    (listed, cursor), others = asyncio.run(pages())
     assert [r.id for r in listed] == [record.id] and cursor is None
-    assert job_service.page(gateway, OTHER, 10, None) == ([], None)
+    assert others == ([], None)
     view = job_service.job_view(job_service.get(gateway, record.id, OWNER), "https://gw.example")
     assert (view.id, view.status, view.progress.fraction, view.result) == (record.id, "queued", 0.0, None)
 
@@ -235,7 +240,7 @@ def test_result_of_a_succeeded_job(gateway: Gateway, media: tuple[bytes, bytes])
 
 def test_page_refuses_a_malformed_cursor(gateway: Gateway) -> None:
     with pytest.raises(InvalidRequest) as refused:
-        job_service.page(gateway, OWNER, 10, "garbage!")
+        asyncio.run(job_service.page(gateway, OWNER, 10, "garbage!"))
     assert refused.value.detail == [
         {"loc": ["query", "cursor"], "msg": "malformed cursor", "type": "value_error"}
     ]

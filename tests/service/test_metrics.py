@@ -216,7 +216,8 @@ def test_render_stats_and_gpu_probe(
     samples, _ = parse(generate_latest(registry).decode())
     assert ("liveportrait_worker_render_frames_per_second", (("worker", "w1"),)) not in samples
     assert set(queue.redis.hkeys(metrics.workers_key(key))) == {b"w2"}
-    assert json.loads(queue.redis.hget(metrics.workers_key(key), "w2"))["gpu_memory_peak_bytes"] is None
+    entry = queue.redis.hget(metrics.workers_key(key), "w2")
+    assert entry is not None and json.loads(entry)["gpu_memory_peak_bytes"] is None
 
 
 def test_gateway_never_imports_torch(make_settings: Callable[..., Settings]) -> None:

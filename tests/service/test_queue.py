@@ -47,7 +47,9 @@ def test_enqueue_uses_json_our_id_and_explicit_limits(queue: JobQueue) -> None:
     ]
     assert queue.depths() == {"high": 1, "default": 0, "low": 0}
     raw = queue.redis.hgetall(f"rq:job:{p.job_id}")
-    func, _, args, kwargs = json.loads(zlib.decompress(raw[b"data"]))
+    data = raw[b"data"]
+    assert isinstance(data, bytes)
+    func, _, args, kwargs = json.loads(zlib.decompress(data))
     assert (func, args, kwargs) == ("worker.runner.run_job", [p.model_dump(mode="json")], {})
     job = RQJob.fetch(p.job_id, connection=queue.redis, serializer=JSONSerializer)
     assert (job.timeout, job.result_ttl, job.failure_ttl) == (120, 600, 900)
@@ -79,8 +81,10 @@ def test_transitions(queue: JobQueue) -> None:
     assert not queue.cancel_requested(running.job_id)
     assert queue.cancel(running.job_id) == "cancel_requested"
     assert queue.cancel_requested(running.job_id)
-    assert queue.requeue(running.job_id)
-    assert queue.get(running.job_id).status == "queued"  # type: ignore[union-attr]
+    assert queue.requeue(running.job_id, "worker_lost", "the worker stopped")
+    requeued = queue.get(running.job_id)
+    assert requeued is not None and requeued.status == "queued"
+    assert (requeued.last_error_code, requeued.last_error_message) == ("worker_lost", "the worker stopped")
     assert queue.claim(running.job_id, "w2") == "canceled", "the cancel flag survives a retry"
 
     failing = payload()
@@ -135,4 +139,5 @@ def test_metrics_from_redis(queue: JobQueue) -> None:
 def test_cancelling_twice_counts_one_cancellation(queue: JobQueue) -> None:
     record = queue.submit(payload(), "default", owner="k")
     assert [queue.cancel(record.id) for _ in range(3)] == ["canceled"] * 3
-    assert int(queue.redis.hget(queue.metrics_key, "jobs:canceled")) == 1
+    canceled = queue.redis.hget(queue.metrics_key, "jobs:canceled")
+    assert canceled is not None and int(canceled) == 1

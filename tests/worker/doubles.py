@@ -2,7 +2,8 @@
 
 `FakeAnimator` stands in for the GPU engine (engines.pipeline.Animator): same `animate`
 signature, real media in and out (it decodes the inputs and writes a real H.264 MP4 with PyAV,
-frame by frame, in batches), progress after every batch, cooperative cancel between batches, and
+frame by frame, in batches), the engine's progress events (each phase on entry, the driving frames
+as they are decoded, the frames after every batch), cooperative cancel between batches, and
 coded errors; a `Hold` stops it mid-render until the test releases it. It does no animation: each
 output frame is the source image, shifted.
 """
@@ -24,6 +25,14 @@ import numpy as np
 
 from common.errors import Canceled, LivePortraitError
 from common.options import AnimationOptions
+from common.progress import (
+    EXTRACTING_MOTION,
+    FINALIZING,
+    PREPARING,
+    RENDERING,
+    ProgressCallback,
+    ProgressEvent,
+)
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from service.storage import Store, make_store
@@ -164,21 +173,32 @@ class FakeAnimator:
         options: AnimationOptions,
         *,
         limits: Any = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        expression: Any = None,
     ) -> FakeResult:
-        """Write `output` with one frame per driving frame at the driving fps."""
+        """Write `output` with one frame per driving frame at the driving fps (`expression` is ignored)."""
         self.calls += 1
         if self.fail_times > 0:
             self.fail_times -= 1
             raise RuntimeError("simulated engine crash")
+        report = progress or (lambda event: None)
+        report(ProgressEvent(PREPARING))
         image = read_rgb(source)
         if float(image.std()) < 2.0:
             raise LivePortraitError("no_face", "no face found in the source image")
+        report(ProgressEvent(EXTRACTING_MOTION))
         with av.open(str(driving)) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or 25)
-            total = sum(1 for _ in container.decode(video=0))
+            expected = stream.frames or None
+            total = 0
+            for _ in container.decode(video=0):
+                total += 1
+                if total % self.frame_batch == 0:
+                    report(ProgressEvent(EXTRACTING_MOTION, total, max(total, expected or total)))
+        report(ProgressEvent(EXTRACTING_MOTION, total, total))
+        report(ProgressEvent(RENDERING, 0, total))
         height, width = (d - d % 2 for d in image.shape[:2])
         image = np.ascontiguousarray(image[:height, :width])
         with av.open(str(output), "w") as out:
@@ -197,10 +217,10 @@ class FakeAnimator:
                         # measurable time (metrics), or a worker in a subprocess, which cannot be
                         # given a Hold, rendering slowly enough to be signalled or killed mid-job.
                         time.sleep(self.frame_delay)
-                if progress is not None:
-                    progress(end, total)
+                report(ProgressEvent(RENDERING, end, total))
                 if self.hold is not None:
                     self.hold(end)
+            report(ProgressEvent(FINALIZING))
             for packet in video.encode():
                 out.mux(packet)
         return FakeResult(output=Path(output), frames=total, fps=fps)

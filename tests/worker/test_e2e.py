@@ -25,6 +25,7 @@ from tests.worker.doubles import (
     FakeAnimator,
     Hold,
     fake_engine,
+    read_rgb,
     running_worker,
     write_inputs,
     write_png,
@@ -38,8 +39,9 @@ API_KEY = "e2e-key"
 def read_video(path: Path) -> tuple[int, float]:
     """Frame count and average fps of a video file."""
     with av.open(str(path)) as container:
-        fps = float(container.streams.video[0].average_rate)
-        return sum(1 for _ in container.decode(video=0)), fps
+        rate = container.streams.video[0].average_rate
+        assert rate is not None, f"{path} has no frame rate"
+        return sum(1 for _ in container.decode(video=0)), float(rate)
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -102,10 +104,12 @@ def test_e2e_fake_animator(e2e_gateway: tuple[Settings, str], tmp_path: Path) ->
         metrics = httpx.get(f"{url}/metrics").text
     assert_progress_grew(reports, 8, strict=True)
     for job, path in ((multipart, tmp_path / "a.mp4"), (direct, tmp_path / "b.mp4")):
+        assert job.result is not None, job
         assert (job.result.frames, job.result.fps, job.result.content_type) == (8, 25.0, "video/mp4")
         assert read_video(path) == (8, 25.0)
         assert job.started_at is not None and job.finished_at is not None and job.attempts == 1
     if settings.storage_backend == "s3":
+        assert settings.s3_endpoint_url is not None
         assert result.status_code == 302 and result.headers["location"].startswith(settings.s3_endpoint_url)
     else:
         assert result.status_code == 200 and result.headers["content-type"] == "video/mp4"
@@ -161,14 +165,20 @@ def test_the_worker_engine_follows_the_settings(real_engine: WorkerEngine, tmp_p
     """Defaults: the optimised model, pipelined stages; LIVEPORTRAIT_OPTIMIZE / _PIPELINED turn them off."""
     from engines.acceleration.inference import InferenceModel
     from engines.model import LivePortraitModel
+    from engines.pipeline import Animator
     from engines.weights import write_synthetic_bundle
     from worker.worker import load_engine
 
+    assert isinstance(real_engine.animator, Animator)
     engine = real_engine.animator.engine
     assert isinstance(engine.model, InferenceModel) and engine.pipelined
     weights = write_synthetic_bundle(tmp_path / "weights", 0)
-    settings = Settings(weights_dir=weights, device="cpu", optimize=False, pipelined=False, detector="haar")
-    plain = load_engine(settings).animator.engine
+    settings = Settings(
+        weights_dir=weights, device="cpu", optimize=False, pipelined=False, detector="haar-box"
+    )
+    plain_animator = load_engine(settings).animator
+    assert isinstance(plain_animator, Animator)
+    plain = plain_animator.engine
     assert type(plain.model) is LivePortraitModel and not plain.pipelined and plain.backend == "torch"
 
 
@@ -186,5 +196,27 @@ def test_e2e_real_animator(
     with running_worker(settings, real_engine), Client(url, API_KEY) as client:
         final, reports = run_job(client, source, driving, tmp_path / "out.mp4")
     assert_progress_grew(reports, 4, strict=False)
+    assert final.result is not None, final
     assert (final.result.frames, final.result.fps, final.result.content_type) == (4, 25.0, "video/mp4")
     assert read_video(tmp_path / "out.mp4") == (4, 25.0)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_e2e_still_edit_over_http(
+    real_engine: WorkerEngine, e2e_gateway: tuple[Settings, str], tmp_path: Path
+) -> None:
+    """A job without a driving input: the source edited by expression controls, as a PNG of its size."""
+    from engines.demo import portrait
+
+    settings, url = e2e_gateway
+    rgb = np.ascontiguousarray(portrait()[:, :509])  # an odd width, which the still keeps
+    source = write_png(tmp_path / "astronaut.png", rgb)
+    with running_worker(settings, real_engine), Client(url, API_KEY) as client:
+        job = client.submit(source, expression={"smile": 0.8, "yaw": 10, "eee": 5})
+        final = client.wait(job.id, timeout=900, poll_s=0.1)
+        assert final.status == "succeeded", final
+        client.download(job.id, tmp_path / "still.png")
+    assert final.result is not None and (final.result.frames, final.result.content_type) == (1, "image/png")
+    edited = read_rgb(tmp_path / "still.png")
+    assert edited.shape == rgb.shape and np.abs(edited.astype(int) - rgb.astype(int)).mean() > 1.0

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 import numpy as np
@@ -118,10 +118,20 @@ def test_job_succeeds_with_progress_json_payload_and_cleanup(env: Any, media: di
     assert raw is not None and not raw.startswith(b"\x80"), "RQ job data must not be a pickle"
     assert RQJob.fetch(job_id, connection=queue.redis, serializer=JSONSerializer).args[0]["job_id"] == job_id
     seen: list[int] = []
+
+    def noting(done: Callable[[JobRecord], bool]) -> Callable[[JobRecord], bool]:
+        """`done`, with each polled record's frames_done noted in `seen` first."""
+
+        def check(record: JobRecord) -> bool:
+            seen.append(record.frames_done)
+            return done(record)
+
+        return check
+
     with running_worker(settings, engine), hold:
-        wait_for(queue, job_id, lambda r: seen.append(r.frames_done) or r.frames_done == 2)  # held there
+        wait_for(queue, job_id, noting(lambda r: r.frames_done == 2))  # held there
         hold.release()
-        record = wait_for(queue, job_id, lambda r: seen.append(r.frames_done) or finished(r))
+        record = wait_for(queue, job_id, noting(finished))
     assert record.status == "succeeded", record
     assert seen == sorted(seen) and any(0 < n < 8 for n in seen), seen
     assert (record.frames_done, record.frames_total, record.result_frames, record.result_fps) == (
@@ -146,8 +156,8 @@ def test_high_priority_runs_first(env: Any, media: dict[str, Path]) -> None:
     high = submit(queue, store, media["face"], media["driving"], priority="high")
     assert queue.depths() == {"high": 1, "default": 0, "low": 1}
     with running_worker(settings, fake_engine()):
-        records = [wait_for(queue, job_id, finished) for job_id in (low, high)]
-    assert records[1].started_at < records[0].started_at
+        low_started, high_started = (wait_for(queue, job_id, finished).started_at for job_id in (low, high))
+    assert low_started is not None and high_started is not None and high_started < low_started
 
 
 def test_cancel_running_job_between_batches(env: Any, media: dict[str, Path]) -> None:
@@ -285,7 +295,9 @@ def test_heartbeats_keep_a_long_job_alive(
 
     def expiry() -> float | None:
         """The latest expiry of a running job's execution (None while there is none)."""
-        scores = [score for _, score in queue.redis.zrange(wip, 0, -1, withscores=True)]
+        # withscores=True gives (member, score) pairs; the client's return type does not follow the flag
+        pairs = cast(list[tuple[bytes, float]], queue.redis.zrange(wip, 0, -1, withscores=True))
+        scores = [score for _, score in pairs]
         return max(scores) if scores else None
 
     hold = Hold(frames=2)
@@ -295,7 +307,8 @@ def test_heartbeats_keep_a_long_job_alive(
         first = wait_until(expiry, 10, "the running job's execution to be registered")
         now = time.time()  # to read the expiry (a timestamp) as a distance from now, not to time anything
         wait_until(lambda: (expiry() or 0) >= first + 1.0, 20, "a heartbeat to push the expiry forward")
-        assert queue.get(job_id).status == "running"
+        running = queue.get(job_id)
+        assert running is not None and running.status == "running"
         hold.release()
         record = wait_for(queue, job_id, finished)
     assert first - now < 4 * settings.worker_heartbeat_s + 15 + 1, "expiry is a few heartbeats away"

@@ -1,9 +1,10 @@
 """Choose and load an inference backend by name, exporting and building on first use into a cache.
 
 Cache layout under `cache_dir`:
-  onnx/HASH16-PRECISION/           an `acceleration.export` directory (HASH16: the weights hash's first 16)
+  onnx/HASH16-PRECISION-xV/        an `acceleration.export` directory (HASH16: the weights hash's first 16;
+                                   V: `EXPORT_VERSION`, the version of the export code)
   tensorrt/KEY/                    engines, KEY = `engine_cache_key` (GPU, TensorRT, precision,
-                                   weights, max batch), mirrored to an optional object store
+                                   weights, max batch, export version), mirrored to an optional object store
   tensorrt/timing-smXY-trtV.cache  the TensorRT timing cache of that GPU and version
 
 "auto" picks TensorRT on a CUDA device where TensorRT is installed, and torch otherwise: on a CPU
@@ -23,6 +24,7 @@ import torch
 from engines.acceleration.backends import BackendError, GraphModel
 from engines.acceleration.export import (
     DEFAULT_MAX_BATCH,
+    EXPORT_VERSION,
     MANIFEST_NAME,
     PRECISIONS,
     export_onnx_atomic,
@@ -63,6 +65,11 @@ def _model_from_states(states: dict[str, dict[str, torch.Tensor]]) -> LivePortra
     return model.eval()
 
 
+def onnx_cache_name(weights_digest: str, precision: str) -> str:
+    """The cache directory name of an export: weights, precision and the export code's version."""
+    return f"{weights_digest[:16]}-{precision}-x{EXPORT_VERSION}"
+
+
 def ensure_onnx_export(
     weights_dir: Path, cache_dir: Path, precision: str, max_batch: int = DEFAULT_MAX_BATCH
 ) -> tuple[Path, str]:
@@ -71,12 +78,18 @@ def ensure_onnx_export(
         raise BackendError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     states = load_state_dicts(Path(weights_dir))
     digest = weights_hash(states)
-    out = Path(cache_dir) / "onnx" / f"{digest[:16]}-{precision}"
+    out = Path(cache_dir) / "onnx" / onnx_cache_name(digest, precision)
     if not (out / MANIFEST_NAME).is_file():
         export_onnx_atomic(_model_from_states(states), out, precision=precision, max_batch=max_batch)
     manifest = read_manifest(out)
-    if manifest["weights_hash"] != digest or manifest["precision"] != precision:
-        raise BackendError(f"{out}: cached export does not match the weights or precision; delete it")
+    if (
+        manifest["weights_hash"] != digest
+        or manifest["precision"] != precision
+        or manifest.get("export_version") != EXPORT_VERSION
+    ):
+        raise BackendError(
+            f"{out}: cached export does not match the weights, precision or export version; delete it"
+        )
     return out, digest
 
 
@@ -127,7 +140,7 @@ def _load_tensorrt(
 
     export_dir, digest = ensure_onnx_export(weights_dir, cache_dir, precision, max_batch)
     cc = torch.cuda.get_device_capability(device)
-    key = engine_cache_key(cc, trt.__version__, precision, digest, max_batch)
+    key = engine_cache_key(cc, trt.__version__, precision, digest, max_batch, EXPORT_VERSION)
     cache = EngineCache(cache_dir / "tensorrt", object_store)
     engine_dir = cache.get(key)
     if engine_dir is None:

@@ -1,4 +1,9 @@
-"""Licence-clean face detector: OpenCV's bundled frontal-face Haar cascade (boxes only)."""
+"""Licence-clean face detector: OpenCV's bundled frontal-face Haar cascade (boxes only).
+
+The cascade was trained on upright frontal faces: it misses heads rolled by 30 degrees or more
+(``bench/bench_face_boxes.py``, ``docs/models.md``) and is not made for profiles. The licence-clean
+stack still follows such a face in a video once it has found it, and BlazeFace finds rolled heads.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,13 @@ import cv2
 import numpy as np
 from cv2.data import haarcascades
 
-from engines.face.detection import Face, check_rgb_image
+from engines.face.detection import BoxFraming, Face, check_rgb_image
 
 DEFAULT_CASCADE = Path(haarcascades) / "haarcascade_frontalface_default.xml"
+SEED_FRAMING = BoxFraming(scale=1.5, vy_ratio=0.05)
+"""The cascade's box spans forehead to chin, about the size of the brows-to-chin landmark box but
+some 0.2 box sides higher (measured by eye on the astronaut photo), so the seed crop of the
+203-point model sits a little lower than LivePortrait's own landmark crop (scale 1.5, vy -0.1)."""
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:

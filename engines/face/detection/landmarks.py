@@ -6,8 +6,9 @@
   normalisation when its first nodes subtract and multiply (or start with ``bn_data``), else the
   input is ``(x - 127.5) / 128``.
 - 203 points (LivePortrait ``landmark.onnx``): input ``input``, ``1x3x224x224`` RGB in ``[0, 1]``,
-  cropped from seed landmarks with LivePortrait's crop (scale 1.5, vy -0.1, rotation on); the third
-  output holds ``(1, 406)`` values in ``[0, 1]`` crop coordinates.
+  cropped from seed landmarks with LivePortrait's crop (scale 1.5, vy -0.1, rotation on), or from a
+  detector's box (``run_box``, upright); the third output holds ``(1, 406)`` values in ``[0, 1]`` crop
+  coordinates.
 
 Crops use OpenCV's ``warpAffine`` (bilinear, zero border), as the official code does.
 """
@@ -21,8 +22,8 @@ import cv2
 import numpy as np
 import onnx
 
-from engines.face.crop import crop_box_from_landmarks, crop_transform
-from engines.face.detection import Face, check_rgb_image
+from engines.face.crop import CropBox, crop_box_from_face_box, crop_box_from_landmarks, crop_transform
+from engines.face.detection import BoxFraming, Face, check_rgb_image
 from engines.face.detection.scrfd import SCRFD, create_session
 
 LMK203_CROP_SCALE = 1.5
@@ -86,6 +87,16 @@ class Landmark203:
     def run(self, image_rgb: np.ndarray, seed: np.ndarray) -> np.ndarray:
         """203 landmarks from a crop around ``seed`` landmarks (``(N, 2)``: 106 or 203 points)."""
         box = crop_box_from_landmarks(seed, scale=LMK203_CROP_SCALE, vy_ratio=LMK203_CROP_VY, rotate=True)
+        return self.run_crop(image_rgb, box)
+
+    def run_box(self, image_rgb: np.ndarray, box: np.ndarray, framing: BoxFraming) -> np.ndarray:
+        """203 landmarks from an upright crop around a detector's ``(4,)`` xyxy ``box``, framed by
+        ``framing`` (a first guess: refine by ``run`` on the result)."""
+        crop = crop_box_from_face_box(box, scale=framing.scale, vy_ratio=framing.vy_ratio)
+        return self.run_crop(image_rgb, crop)
+
+    def run_crop(self, image_rgb: np.ndarray, box: CropBox) -> np.ndarray:
+        """203 landmarks ``(203, 2)`` float32 image pixels of the face in crop ``box``."""
         m_o2c = crop_transform(box, self.size)
         crop = cv2.warpAffine(image_rgb, m_o2c[:2], (self.size, self.size), flags=cv2.INTER_LINEAR)
         pred = self.session.run(None, {self.input_name: _to_blob(crop, 0.0, 255.0)})[2]

@@ -8,16 +8,18 @@ video without frames with 422 naming the input and the reason as `type`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from service.contract import PRIORITIES, Job, JobPage, JobRequest
-from service.gateway.auth import ApiScope
+from service.gateway.auth import AUTH_OPENAPI, ApiScope, authorize
 from service.gateway.routes.http import answering, form_fields
 from service.gateway.services import jobs as job_service
 from service.gateway.state import Gateway, get_gateway
@@ -35,13 +37,20 @@ _REQUEST_BODY_DOC: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["source", "driving"],
+                    "required": ["source"],
                     "properties": {
                         "source": {"type": "string", "format": "binary", "description": "Image or video."},
-                        "driving": {"type": "string", "format": "binary", "description": "Video or image."},
+                        "driving": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "Video or image (none for an expression edit).",
+                        },
                         "options": {"type": "string", "description": "AnimationOptions as JSON."},
                         "priority": {"type": "string", "enum": list(PRIORITIES)},
                         "output": {"type": "string", "description": "OutputSpec as JSON."},
+                        "expression": {"type": "string", "description": "ExpressionControls as JSON."},
+                        "keyframes": {"type": "string", "description": "A list of Keyframe as JSON."},
+                        "webhook": {"type": "string", "description": "WebhookSpec as JSON."},
                     },
                 }
             },
@@ -94,7 +103,8 @@ async def create_job(
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     with answering():
         if content_type == "multipart/form-data":
-            async with request.form(max_files=2, max_fields=3, max_part_size=64 * 1024) as form:
+            fields = len(job_service.MULTIPART_FIELDS)
+            async with request.form(max_files=2, max_fields=fields, max_part_size=64 * 1024) as form:
                 submission = await run_in_threadpool(job_service.parse_form, gateway, form_fields(form))
                 record, created = await run_in_threadpool(
                     job_service.submit, gateway, submission, scope, idempotency_key
@@ -122,7 +132,7 @@ async def create_job(
     summary="The caller's jobs, newest first",
     responses={422: {"description": "Malformed cursor or limit."}},
 )
-def list_jobs(
+async def list_jobs(
     request: Request,
     gateway: GatewayDep,
     scope: ApiScope,
@@ -130,14 +140,15 @@ def list_jobs(
     cursor: Annotated[
         str | None, Query(max_length=128, description="`next_cursor` of the previous page.")
     ] = None,
-) -> JobPage:
+) -> Response:
     """One page of the jobs submitted with the caller's API key (never another key's)."""
     with answering():
-        records, next_cursor = job_service.page(gateway, scope, limit, cursor)
+        records, next_cursor = await job_service.page(gateway, scope, limit, cursor)
     base_url = gateway.base_url(request)
-    return JobPage(
+    page = JobPage(
         jobs=[job_service.job_view(record, base_url) for record in records], next_cursor=next_cursor
     )
+    return Response(to_json(page), media_type="application/json")
 
 
 @router.get(
@@ -145,20 +156,28 @@ def list_jobs(
     operation_id="get_job",
     response_model=Job,
     summary="Status, progress and result of a job",
-    responses={304: {"description": "Not modified (If-None-Match)."}, 404: {"description": "No such job."}},
+    responses={
+        304: {"description": "Not modified (If-None-Match)."},
+        401: {"description": "Missing or invalid API key."},
+        404: {"description": "No such job."},
+    },
+    openapi_extra={
+        **AUTH_OPENAPI,
+        "parameters": [
+            {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}
+        ],
+    },
 )
-def get_job(
-    job_id: str,
-    request: Request,
-    gateway: GatewayDep,
-    scope: ApiScope,
-    if_none_match: Annotated[str | None, Header()] = None,
-) -> Response:
-    """The job's state, with a strong ETag; If-None-Match with the current ETag answers 304."""
+async def get_job(job_id: str, request: Request) -> Response:
+    """The job's state, with a strong ETag; If-None-Match with the current ETag answers 304.
+
+    The hot path of polling clients: no dependency injection (authorization and headers read here)."""
+    scope = await authorize(request)
+    gateway: Gateway = request.app.state.gateway
+    if_none_match = request.headers.get("if-none-match")
     with answering():
-        record = job_service.get(gateway, job_id, scope)
-    job = job_service.job_view(record, gateway.base_url(request))
-    body = job.model_dump_json().encode()
+        record = await job_service.read(gateway, job_id, scope)
+    body = to_json(job_service.job_view(record, gateway.base_url(request)))
     etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if if_none_match is not None:
@@ -166,6 +185,46 @@ def get_job(
         if etag in candidates or "*" in candidates:
             return Response(status_code=304, headers=headers)
     return Response(body, media_type="application/json", headers=headers)
+
+
+@router.get(
+    "/{job_id}/events",
+    operation_id="get_job_events",
+    summary="The job's events, as server-sent events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "`text/event-stream`: per event an `id:` and the job as JSON in `data:`; "
+            "`: keep-alive` comments while nothing happens; it ends after the final event.",
+            "content": {"text/event-stream": {}},
+        },
+        404: {"description": "No such job."},
+        422: {"description": "Malformed Last-Event-ID."},
+    },
+)
+async def get_job_events(
+    job_id: str,
+    request: Request,
+    gateway: GatewayDep,
+    scope: ApiScope,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+) -> StreamingResponse:
+    """From the job's latest event on, or after `Last-Event-ID` (resuming a broken stream)."""
+    with answering():
+        record = await job_service.read(gateway, job_id, scope)
+        after = job_service.event_id(last_event_id)
+    base_url, payload = gateway.base_url(request), record.payload
+
+    async def stream() -> AsyncIterator[bytes]:
+        async for event in job_service.follow(gateway, record.id, after):
+            if event is None:
+                yield b": keep-alive\n\n"
+                continue
+            job = job_service.job_view(dataclasses.replace(event.record, payload=payload), base_url)
+            yield b"id: %s\ndata: %s\n\n" % (event.id.encode(), to_json(job))
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
 @router.post(

@@ -3,7 +3,8 @@
 Inputs are checked by content before a job is queued (service.media): anything that is no image
 or video we read is refused as UnsupportedMedia; a truncated or malformed file, one over the pixel,
 frame or duration limits, or a video without frames as InvalidRequest naming the input and the
-reason as `type`. Functions here block (file and Redis I/O): async callers run them in a thread.
+reason as `type`. Functions here block (file and Redis I/O): async callers run them in a thread;
+the reads of the fast path (`read`, `page`, `follow`) are async, on the asyncio Redis client.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, NamedTuple, TypeVar
@@ -21,11 +23,13 @@ from typing import Any, BinaryIO, NamedTuple, TypeVar
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from common.expression import KEYFRAMES, ExpressionControls, Keyframe, check_edit_shape, keyframe_frames
 from common.options import AnimationOptions
 from service import tracing
 from service.contract import (
     ID_PATTERN,
     PRIORITIES,
+    TERMINAL_STATUSES,
     InputLocation,
     Job,
     JobError,
@@ -35,6 +39,8 @@ from service.contract import (
     OutputSpec,
     Priority,
     Progress,
+    WebhookSpec,
+    WebhookStatus,
 )
 from service.gateway.listing import BadCursor, Cursor
 from service.gateway.services import (
@@ -50,16 +56,22 @@ from service.gateway.services import (
 )
 from service.gateway.state import Gateway
 from service.media import HEAD_BYTES, MediaLimits, MediaRejected, extension, inspect_media
-from service.queue import IdempotencyConflict, JobRecord
+from service.queue import IdempotencyConflict, JobEvent, JobRecord
 from service.storage import ObjectNotFound, ReadStream, Store
 from service.urls import S3Location, UnsafeURL, check_url
 
 log = structlog.get_logger("gateway")
 M = TypeVar("M", bound=BaseModel)
 
-MULTIPART_FIELDS = frozenset({"source", "driving", "options", "priority", "output"})
+MULTIPART_FIELDS = frozenset(
+    {"source", "driving", "options", "expression", "keyframes", "priority", "output", "webhook"}
+)
 """The fields a multipart submission may have: files `source` and `driving`, the rest JSON or text."""
 _HASH_CHUNK = 1024 * 1024
+_ID = re.compile(ID_PATTERN)
+_EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+EVENTS_BLOCK_S = 5.0
+"""Longest wait for a job's next event in one Redis read (below the client's socket timeout)."""
 
 
 @dataclass
@@ -81,6 +93,9 @@ class Submission:
     priority: Priority
     output: OutputSpec
     fingerprint: str
+    webhook: WebhookSpec | None = None
+    expression: ExpressionControls | None = None
+    keyframes: list[Keyframe] | None = None
 
 
 class Submitted(NamedTuple):
@@ -154,8 +169,63 @@ def _inspect_part(gateway: Gateway, part: FilePart, name: str) -> _Part:
     return _Part(name=name, file=file, content_type=info.content_type, sha256=digest.hexdigest())
 
 
+def _edit_fields(fields: FormFields) -> tuple[ExpressionControls | None, list[Keyframe] | None]:
+    """The optional JSON text fields `expression` (ExpressionControls) and `keyframes` of a form."""
+    parsed: list[Any] = []
+    for name, parse in (
+        ("expression", ExpressionControls.model_validate_json),
+        ("keyframes", KEYFRAMES.validate_json),
+    ):
+        value = fields.get(name)
+        if value is None or value == "":
+            parsed.append(None)
+            continue
+        if not isinstance(value, str):
+            raise invalid([{"msg": f"'{name}' must be a JSON text field", "type": "type_error"}], name)
+        try:
+            parsed.append(parse(value))
+        except ValidationError as exc:
+            raise invalid(exc.errors(include_url=False), name) from exc
+    return parsed[0], parsed[1]
+
+
+def _check_edit(
+    gateway: Gateway,
+    has_driving: bool,
+    expression: ExpressionControls | None,
+    keyframes: list[Keyframe] | None,
+) -> None:
+    """The job's shape (animation, still, keyframes or offsets) and the keyframes' frames within the limit."""
+    try:
+        check_edit_shape(has_driving, expression, keyframes)
+    except ValueError as exc:
+        raise invalid([{"msg": str(exc), "type": "value_error"}]) from exc
+    limit = gateway.settings.max_driving_frames
+    if keyframes is not None and keyframe_frames(keyframes) > limit:
+        msg = f"the keyframes make {keyframe_frames(keyframes)} frames; at most {limit}"
+        raise invalid([{"msg": msg, "type": "too_long"}], "keyframes")
+
+
+def _check_webhook(gateway: Gateway, webhook: WebhookSpec | None) -> WebhookSpec | None:
+    """A job's webhook, its URL checked like a URL input (http or https only); refused while the service
+    has no webhook secret to sign deliveries with."""
+    if webhook is None:
+        return None
+    if gateway.settings.webhook_secret is None:
+        msg = "this service sends no webhooks: LIVEPORTRAIT_WEBHOOK_SECRET is not set"
+        raise invalid([{"msg": msg, "type": "webhooks_disabled"}], "webhook")
+    try:
+        if webhook.url.lower().startswith("s3:"):
+            raise UnsafeURL("a webhook URL is http or https")
+        check_url(webhook.url, allow_private=gateway.settings.allow_private_urls, s3_buckets=[])
+    except UnsafeURL as exc:
+        raise invalid([{"msg": str(exc), "type": "url_refused"}], "webhook", "url") from exc
+    return webhook
+
+
 def parse_form(gateway: Gateway, fields: FormFields) -> Submission:
-    """A submission from a multipart form: files `source` and `driving`, `options`, `priority`, `output`.
+    """A submission from a multipart form: files `source` and `driving`, `options`, `priority`, `output`,
+    `webhook`.
 
     The files are checked by content and hashed; they must stay open until the job is submitted.
     """
@@ -167,26 +237,38 @@ def parse_form(gateway: Gateway, fields: FormFields) -> Submission:
         )
     options = _json_field(fields.get("options"), AnimationOptions, "options")
     output = _json_field(fields.get("output"), OutputSpec, "output")
+    webhook = _check_webhook(
+        gateway, _json_field(fields["webhook"], WebhookSpec, "webhook") if fields.get("webhook") else None
+    )
     priority = fields.get("priority") or "default"
     if priority not in PRIORITIES:
         msg = f"priority must be one of {', '.join(PRIORITIES)}"
         raise invalid([{"msg": msg, "type": "literal_error"}], "priority")
-    source = _inspect_part(gateway, _file_part(fields, "source"), "source")
-    driving = _inspect_part(gateway, _file_part(fields, "driving"), "driving")
-    document = {
+    expression, keyframes = _edit_fields(fields)
+    _check_edit(gateway, "driving" in fields, expression, keyframes)
+    names = ("source", "driving") if "driving" in fields else ("source",)
+    parts = [_inspect_part(gateway, _file_part(fields, name), name) for name in names]
+    document: dict[str, Any] = {
         "kind": "multipart",
-        "source": source.sha256,
-        "driving": driving.sha256,
+        **{part.name: part.sha256 for part in parts},
         "options": options.model_dump(mode="json"),
         "output": output.model_dump(mode="json"),
         "priority": priority,
+        "webhook": webhook.model_dump(mode="json") if webhook else None,
     }
+    if expression is not None:
+        document["expression"] = expression.model_dump(mode="json", exclude_defaults=True)
+    if keyframes is not None:
+        document["keyframes"] = KEYFRAMES.dump_python(keyframes, mode="json", exclude_defaults=True)
     return Submission(
-        {"source": source, "driving": driving},
+        {part.name: part for part in parts},
         options,
         priority,
         output,
         _fingerprint(document),
+        webhook,
+        expression,
+        keyframes,
     )
 
 
@@ -227,12 +309,22 @@ def parse_json(gateway: Gateway, body: bytes) -> Submission:
     except ValidationError as exc:
         raise invalid(exc.errors(include_url=False)) from exc
     inputs: dict[str, _Part | InputLocation] = {}
+    _check_edit(gateway, job_request.driving is not None, job_request.expression, job_request.keyframes)
     for name in ("source", "driving"):
         ref = getattr(job_request, name)
-        inputs[name] = _resolve_reference(gateway, name, ref.url, ref.upload_id)
+        if ref is not None:
+            inputs[name] = _resolve_reference(gateway, name, ref.url, ref.upload_id)
+    webhook = _check_webhook(gateway, job_request.webhook)
     document = {"kind": "json", **job_request.model_dump(mode="json")}
     return Submission(
-        inputs, job_request.options, job_request.priority, job_request.output, _fingerprint(document)
+        inputs,
+        job_request.options,
+        job_request.priority,
+        job_request.output,
+        _fingerprint(document),
+        webhook,
+        job_request.expression,
+        job_request.keyframes,
     )
 
 
@@ -270,15 +362,21 @@ def submit(
     created_at = time.time()
     gateway.index.add(owner, job_id, created_at)
     try:
+        driving = submission.inputs.get("driving")
         payload = JobPayload(
             job_id=job_id,
             source=_store_input(gateway.store, job_id, submission.inputs["source"]),
-            driving=_store_input(gateway.store, job_id, submission.inputs["driving"]),
+            driving=None if driving is None else _store_input(gateway.store, job_id, driving),
             options=submission.options,
+            expression=submission.expression,
+            keyframes=submission.keyframes,
             output=submission.output,
             traceparent=tracing.current_traceparent(),
         )
-        record = queue.submit(payload, submission.priority, owner=owner, created_at=created_at)
+        webhook = submission.webhook.model_dump(mode="json") if submission.webhook else None
+        record = queue.submit(
+            payload, submission.priority, owner=owner, created_at=created_at, webhook=webhook
+        )
     except BaseException:
         if idempotency_key is not None:
             queue.release_idempotency(owner, idempotency_key, job_id)
@@ -292,17 +390,65 @@ def submit(
 # --- reading and canceling ------------------------------------------------------------------------
 
 
-def get(gateway: Gateway, job_id: str, owner: str) -> JobRecord:
-    """The owner's job; NotFound also for other owners' jobs and malformed ids."""
-    record = None
-    if re.fullmatch(ID_PATTERN, job_id):
-        record = gateway.queue.get(job_id)
+def _owned(record: JobRecord | None, owner: str) -> JobRecord:
+    """The record if it is the owner's; NotFound for none or another owner's."""
     if record is None or record.owner != owner:
         raise NotFound("no such job")
     return record
 
 
-def page(gateway: Gateway, owner: str, limit: int, cursor: str | None) -> tuple[list[JobRecord], str | None]:
+def get(gateway: Gateway, job_id: str, owner: str) -> JobRecord:
+    """The owner's job; NotFound also for other owners' jobs and malformed ids."""
+    return _owned(gateway.queue.get(job_id) if _ID.fullmatch(job_id) else None, owner)
+
+
+async def read(gateway: Gateway, job_id: str, owner: str) -> JobRecord:
+    """`get` on the asyncio client: one HGETALL."""
+    return _owned(await gateway.reader.get(job_id) if _ID.fullmatch(job_id) else None, owner)
+
+
+def event_id(value: str | None) -> str | None:
+    """A `Last-Event-ID` checked to be an event id (InvalidRequest if not)."""
+    if value is not None and not _EVENT_ID.fullmatch(value):
+        detail = [{"loc": ["header", "Last-Event-ID"], "msg": "not an event id", "type": "value_error"}]
+        raise InvalidRequest(detail)
+    return value
+
+
+async def follow(gateway: Gateway, job_id: str, after: str | None) -> AsyncIterator[JobEvent | None]:
+    """The events of a job: those after the event id `after`, or from its latest one on; None each
+    keep-alive period without one. Ends after a final event, or at once when the job ended before."""
+    reader, keepalive = gateway.reader, gateway.settings.events_keepalive_s
+    if after is None:
+        latest = await reader.latest_event(job_id)
+        if latest is None:
+            return
+        yield latest
+        if latest.record.status in TERMINAL_STATUSES:
+            return
+        after = latest.id
+    block_ms = int(min(keepalive, EVENTS_BLOCK_S) * 1000)
+    quiet_since = time.monotonic()
+    while True:
+        events = await reader.events_after(job_id, after, block_ms=block_ms)
+        for event in events:
+            yield event
+            if event.record.status in TERMINAL_STATUSES:
+                return
+        if events:
+            after, quiet_since = events[-1].id, time.monotonic()
+            continue
+        current = await reader.get(job_id)
+        if current is None or current.status in TERMINAL_STATUSES:
+            return  # expired, or its final event is before `after`
+        if time.monotonic() - quiet_since >= keepalive:
+            quiet_since = time.monotonic()
+            yield None
+
+
+async def page(
+    gateway: Gateway, owner: str, limit: int, cursor: str | None
+) -> tuple[list[JobRecord], str | None]:
     """Up to `limit` of the owner's jobs after `cursor`, newest first, and the cursor of the next page."""
     position = None
     if cursor is not None:
@@ -312,7 +458,7 @@ def page(gateway: Gateway, owner: str, limit: int, cursor: str | None) -> tuple[
             raise InvalidRequest(
                 [{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]
             ) from exc
-    records, following = gateway.index.page(owner, limit, position)
+    records, following = await gateway.index.page(owner, limit, position)
     return records, following.encode() if following else None
 
 
@@ -362,20 +508,50 @@ def _timestamp(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, tz=UTC) if value is not None else None
 
 
-def job_view(record: JobRecord, base_url: str) -> Job:
-    """The public representation of a job record (stable between progress updates, for ETags)."""
-    fraction = 0.0
-    eta = None
-    if record.frames_total:
-        fraction = min(1.0, record.frames_done / record.frames_total)
+def _progress(record: JobRecord) -> Progress:
+    """The job's progress: the worker's phase and estimate when it reports them, else from the frames."""
+    fraction = record.fraction
+    eta = record.eta_s
+    if fraction is None:
+        fraction = min(1.0, record.frames_done / record.frames_total) if record.frames_total else 0.0
         if record.status == "running" and record.frames_done and record.started_at and record.progress_at:
             pace = (record.progress_at - record.started_at) / record.frames_done
-            eta = round(max(0.0, pace * (record.frames_total - record.frames_done)), 1)
-    if record.status == "succeeded":
-        fraction = 1.0
-    error = None
+            eta = round(max(0.0, pace * ((record.frames_total or 0) - record.frames_done)), 1)
+    running = record.status == "running"
+    return Progress(
+        phase=record.phase if running else None,
+        phase_done=record.phase_done if running else 0,
+        phase_total=record.phase_total if running else None,
+        frames_done=record.frames_done,
+        frames_total=record.frames_total,
+        fraction=1.0 if record.status == "succeeded" else fraction,
+        eta_s=eta if running and not record.stalled else None,
+    )
+
+
+def _webhook(record: JobRecord) -> WebhookStatus | None:
+    if record.webhook is None:
+        return None
+    return WebhookStatus(
+        url=record.webhook["url"],
+        events=record.webhook["events"],
+        delivered=record.webhook_delivered,
+        pending=record.webhook_pending,
+        failed=record.webhook_failed,
+        disabled=record.webhook_disabled,
+        last_attempt_at=_timestamp(record.webhook_last_at),
+        last_status=record.webhook_last_status,
+        last_error=record.webhook_last_error or None,
+    )
+
+
+def job_view(record: JobRecord, base_url: str) -> Job:
+    """The public representation of a job record (stable between progress updates, for ETags)."""
+    error = last_error = None
     if record.status == "failed":
         error = JobError(code=record.error_code or "internal_error", message=record.error_message or "")
+    if record.last_error_code:
+        last_error = JobError(code=record.last_error_code, message=record.last_error_message or "")
     job_result = None
     if record.status == "succeeded" and record.result_key:
         job_result = JobResult(
@@ -384,6 +560,7 @@ def job_view(record: JobRecord, base_url: str) -> Job:
             frames=record.result_frames or 0,
             fps=record.result_fps or 0.0,
             size_bytes=record.result_bytes,
+            content_credentials=record.result_credentials,
         )
     return Job(
         id=record.id,
@@ -392,12 +569,13 @@ def job_view(record: JobRecord, base_url: str) -> Job:
         created_at=_timestamp(record.created_at),
         started_at=_timestamp(record.started_at),
         finished_at=_timestamp(record.finished_at),
-        progress=Progress(
-            frames_done=record.frames_done, frames_total=record.frames_total, fraction=fraction, eta_s=eta
-        ),
+        progress=_progress(record),
         error=error,
         result=job_result,
         cancel_requested=record.cancel_requested,
         attempts=record.attempts,
+        stalled=record.stalled and record.status == "running",
+        last_error=last_error,
+        webhook=_webhook(record),
         trace_id=tracing.trace_id_of(record.payload.get("traceparent")),
     )

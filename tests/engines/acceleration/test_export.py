@@ -17,10 +17,16 @@ import pytest
 import torch
 
 from common.options import AnimationOptions
-from engines.acceleration.backends import BackendError
+from engines.acceleration.backends import BackendError, select
 from engines.acceleration.backends.onnxruntime_backend import OnnxRuntimeModel
-from engines.acceleration.backends.select import ensure_onnx_export, load_backend, resolve_backend
+from engines.acceleration.backends.select import (
+    ensure_onnx_export,
+    load_backend,
+    onnx_cache_name,
+    resolve_backend,
+)
 from engines.acceleration.export import (
+    EXPORT_VERSION,
     GRAPHS,
     MANIFEST_NAME,
     MOTION_OUTPUTS,
@@ -87,6 +93,7 @@ def test_manifest_records_the_export(fp32_dir, golden_model, golden_weights):
     assert manifest["precision"] == "fp32"
     assert manifest["opset"] == 17
     assert manifest["max_batch"] == 4
+    assert manifest["export_version"] == EXPORT_VERSION
     assert manifest["weights_hash"] == weights_hash(load_state_dicts(golden_weights))
     assert manifest["weights_hash"] == model_weights_hash(golden_model)
     for name, spec in GRAPHS.items():
@@ -190,11 +197,11 @@ def test_resolve_backend():
 def test_load_backend_onnxruntime_uses_the_cache(fp32_dir, golden_weights, tmp_path):
     """A cache holding the export under its weights hash is used as it is (no new export)."""
     digest = read_manifest(fp32_dir)["weights_hash"]
-    shutil.copytree(fp32_dir, tmp_path / "onnx" / f"{digest[:16]}-fp32")
+    shutil.copytree(fp32_dir, tmp_path / "onnx" / onnx_cache_name(digest, "fp32"))
     model = load_backend("onnxruntime", golden_weights, "cpu", tmp_path)
     assert isinstance(model, OnnxRuntimeModel) and model.precision == "fp32"
     assert ensure_onnx_export(golden_weights, tmp_path, "fp32") == (
-        tmp_path / "onnx" / f"{digest[:16]}-fp32",
+        tmp_path / "onnx" / f"{digest[:16]}-fp32-x{EXPORT_VERSION}",
         digest,
     )
     assert isinstance(load_backend("torch", golden_weights, "cpu", tmp_path), LivePortraitModel)
@@ -202,13 +209,32 @@ def test_load_backend_onnxruntime_uses_the_cache(fp32_dir, golden_weights, tmp_p
 
 def test_load_backend_rejects_a_mismatched_cache(fp32_dir, golden_weights, tmp_path):
     digest = read_manifest(fp32_dir)["weights_hash"]
-    cached = tmp_path / "onnx" / f"{digest[:16]}-fp32"
+    cached = tmp_path / "onnx" / onnx_cache_name(digest, "fp32")
     shutil.copytree(fp32_dir, cached)
     manifest = json.loads((cached / MANIFEST_NAME).read_text())
     manifest["weights_hash"] = "0" * 64
     (cached / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(BackendError, match="does not match"):
         load_backend("onnxruntime", golden_weights, "cpu", tmp_path)
+
+
+def test_load_backend_rejects_a_cached_export_of_other_export_code(fp32_dir, golden_weights, tmp_path):
+    """An export made by another version of the export code is never used as if it were current."""
+    digest = read_manifest(fp32_dir)["weights_hash"]
+    cached = tmp_path / "onnx" / onnx_cache_name(digest, "fp32")
+    shutil.copytree(fp32_dir, cached)
+    manifest = json.loads((cached / MANIFEST_NAME).read_text())
+    manifest["export_version"] = EXPORT_VERSION - 1
+    (cached / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(BackendError, match="export version"):
+        load_backend("onnxruntime", golden_weights, "cpu", tmp_path)
+
+
+def test_export_cache_name_changes_with_the_export_code(monkeypatch):
+    name = onnx_cache_name("ab" * 32, "fp16")
+    assert name == f"abababababababab-fp16-x{EXPORT_VERSION}"
+    monkeypatch.setattr(select, "EXPORT_VERSION", EXPORT_VERSION + 1)
+    assert onnx_cache_name("ab" * 32, "fp16") != name
 
 
 def test_load_backend_tensorrt_needs_cuda(golden_weights, tmp_path):

@@ -9,6 +9,7 @@ exposing the same methods (names, modes, dtypes and shapes as enums with TensorR
 import enum
 import json
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pytest
@@ -31,12 +32,25 @@ from engines.acceleration.tensorrt_build import (
 from engines.model import image_to_tensor
 from tests.engines.golden_utils import assert_close, assert_close_sampled
 
-KEY_ARGS = {
+
+class KeyArgs(TypedDict):
+    """The arguments of engine_cache_key."""
+
+    gpu_cc: tuple[int, int]
+    trt_version: str
+    precision: str
+    weights_hash: str
+    max_batch: int
+    export_version: int
+
+
+KEY_ARGS: KeyArgs = {
     "gpu_cc": (8, 9),
     "trt_version": "10.13.0.35",
     "precision": "fp16",
     "weights_hash": "ab" * 32,
     "max_batch": 8,
+    "export_version": 1,
 }
 
 
@@ -122,24 +136,29 @@ def warping_inputs(batch: int) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.parametrize("field", sorted(KEY_ARGS))
-def test_cache_key_differs_by_each_component(field):
-    other = {
-        "gpu_cc": (9, 0),
-        "trt_version": "11.1.0.6",
-        "precision": "fp32",
-        "weights_hash": "cd" * 32,
-        "max_batch": 4,
-    }[field]
-    assert engine_cache_key(**KEY_ARGS) != engine_cache_key(**{**KEY_ARGS, field: other})
+OTHER_KEY_ARGS: KeyArgs = {
+    "gpu_cc": (9, 0),
+    "trt_version": "11.1.0.6",
+    "precision": "fp32",
+    "weights_hash": "cd" * 32,
+    "max_batch": 4,
+    "export_version": 2,
+}
+
+
+@pytest.mark.parametrize(
+    "change", [{field: value} for field, value in OTHER_KEY_ARGS.items()], ids=list(OTHER_KEY_ARGS)
+)
+def test_cache_key_differs_by_each_component(change):
+    assert engine_cache_key(**KEY_ARGS) != engine_cache_key(**(KEY_ARGS | change))
 
 
 def test_cache_key_is_a_safe_file_name():
-    key = engine_cache_key(**{**KEY_ARGS, "trt_version": "10.13.0.35+cuda12/x"})
-    assert key == "sm89-trt10.13.0.35_cuda12_x-fp16-b8-abababababababab"
+    key = engine_cache_key(**(KEY_ARGS | {"trt_version": "10.13.0.35+cuda12/x"}))
+    assert key == "sm89-trt10.13.0.35_cuda12_x-fp16-b8-x1-abababababababab"
     assert EngineCache(Path("/nonexistent")).path(key).name == key
     with pytest.raises(BuildError):
-        engine_cache_key(**{**KEY_ARGS, "precision": "int8"})
+        engine_cache_key(**(KEY_ARGS | {"precision": "int8"}))
 
 
 @pytest.mark.parametrize(("max_batch", "opt"), [(1, 1), (2, 1), (8, 4), (9, 4)])
@@ -305,7 +324,7 @@ def test_engine_cache_local_and_store(tmp_path):
 
     other = EngineCache(tmp_path / "b", store)  # another machine: same store, empty local dir
     fetched = other.get(key)
-    assert fetched == tmp_path / "b" / key
+    assert fetched is not None and fetched == tmp_path / "b" / key
     for name in GRAPHS:
         assert (fetched / f"{name}.engine").read_bytes() == name.encode() * 3
     assert EngineCache(tmp_path / "c").get(key) is None

@@ -63,7 +63,7 @@ def test_axis_aligned_box_by_hand(n: int) -> None:
     assert box.angle == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_allclose(box.center, [100.0, 120.0 - 0.1 * size], atol=1e-9)
     s = 512 / size
-    expected = [[s, 0, 256 - s * 100], [0, s, 256 - s * 88], [0, 0, 1]]
+    expected = [[s, 0, 256 - s * 100], [0, s, 256 - s * 88], [0.0, 0.0, 1.0]]
     np.testing.assert_allclose(crop_transform(box, 512), expected, atol=1e-9)
 
 
@@ -181,7 +181,7 @@ def test_driving_box_of_identical_frames() -> None:
     np.testing.assert_allclose(crop.boxes, np.tile([100 - 160, 88 - 160, 100 + 160, 88 + 160], (3, 1)))
     np.testing.assert_allclose(crop.global_box, crop.boxes[0])
     s = 512 / size
-    np.testing.assert_allclose(crop.M_o2c, [[s, 0, 256 - s * 100], [0, s, 256 - s * 88], [0, 0, 1]])
+    np.testing.assert_allclose(crop.M_o2c, [[s, 0, 256 - s * 100], [0, s, 256 - s * 88], [0.0, 0.0, 1.0]])
 
 
 def test_driving_box_averages_frames_without_rotation() -> None:

@@ -228,8 +228,9 @@ def test_scrfd_decodes_boxes_keypoints_and_suppresses_duplicates(weights_dir: Pa
     square(image, 100, 400, 10, (0, 255, 0))  # stride-8 cell (10, 40)
     square(image, 520, 40, 40, (140, 0, 0))  # score 0.1 < threshold 0.15 -> not a face
     faces = det.detect(image)
-    assert [f.box.shape for f in faces] == [(4,)] * 3 and all(f.kps5.shape == (5, 2) for f in faces)
+    assert [f.box.shape for f in faces] == [(4,)] * 3
     for face, (x, y, stride) in zip(faces, [(5, 3, 32), (25, 19, 16), (10, 40, 8)], strict=True):
+        assert face.kps5 is not None and face.kps5.shape == (5, 2)
         box, kps = expected_scrfd(x, y, stride, 0.8)
         np.testing.assert_allclose(face.box, box, atol=1e-3)
         np.testing.assert_allclose(face.kps5, kps, atol=1e-3)
@@ -289,6 +290,7 @@ def test_insightface_analyzer_follows_the_official_flow(weights_dir: Path) -> No
     square(image, 200, 120, 40, (255, 0, 0))
     face = analyzer.landmarks(image)
     assert isinstance(face, Face)
+    assert face.kps5 is not None and face.lmk106 is not None and face.lmk203 is not None
     box, kps = expected_scrfd(5, 3, 32, 0.8)
     np.testing.assert_allclose(face.box, box, atol=1e-3)
     np.testing.assert_allclose(face.kps5, kps, atol=1e-3)
@@ -298,7 +300,7 @@ def test_insightface_analyzer_follows_the_official_flow(weights_dir: Path) -> No
     np.testing.assert_allclose(face.lmk203, analyzer.lmk203.run(image, face.lmk106), atol=1e-4)
 
     tracked = analyzer.landmarks(image, prev=face)
-    assert tracked is not None and tracked.lmk106 is None
+    assert tracked is not None and tracked.lmk106 is None and tracked.lmk203 is not None
     np.testing.assert_allclose(tracked.lmk203, analyzer.lmk203.run(image, face.lmk203), atol=1e-4)
     np.testing.assert_allclose(tracked.box[:2], tracked.lmk203.min(axis=0))
     assert analyzer.landmarks(np.zeros((480, 640, 3), np.uint8)) is None
@@ -307,9 +309,9 @@ def test_insightface_analyzer_follows_the_official_flow(weights_dir: Path) -> No
 def test_load_analyzer_choice(weights_dir: Path, tmp_path: Path) -> None:
     assert isinstance(load_analyzer(None), HaarAnalyzer)
     assert isinstance(load_analyzer(tmp_path), HaarAnalyzer)
-    assert isinstance(load_analyzer(weights_dir, prefer="haar"), HaarAnalyzer)
+    assert isinstance(load_analyzer(weights_dir, prefer="haar-box"), HaarAnalyzer)
     assert isinstance(load_analyzer(weights_dir, prefer="insightface"), InsightFaceAnalyzer)
     with pytest.raises(FileNotFoundError, match=r"det_10g\.onnx"):
         load_analyzer(tmp_path, prefer="insightface")
-    with pytest.raises(ValueError, match="preference"):
+    with pytest.raises(ValueError, match="unknown detector"):
         load_analyzer(weights_dir, prefer="dlib")  # type: ignore[arg-type]

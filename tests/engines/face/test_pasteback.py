@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import weakref
+
 import cv2
 import numpy as np
 import pytest
 import torch
 from skimage import data as skdata
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
+from engines.face import pasteback
 from engines.face.crop import CropBox, crop_image, crop_transform
-from engines.face.pasteback import mask_template, paste_back, paste_back_frames, warp_mask
+from engines.face.pasteback import (
+    CROP_WORKING_BYTES,
+    PASTE_BYTES_PER_PIXEL,
+    _crops_with_mask,
+    _mask_template_on,
+    _paste_piece,
+    mask_template,
+    paste_back,
+    paste_back_frames,
+    paste_pieces,
+    warp_mask,
+)
 from engines.model import to_uint8_frames
 from tests.engines.devices import DEVICES
 
@@ -164,3 +180,161 @@ def test_paste_back_frames_reject_bad_inputs() -> None:
         paste_back_frames(results, np.eye(3), original.expand(3, -1, -1, -1))
     with pytest.raises(ValueError):
         paste_back_frames(results, np.stack([np.eye(3)] * 3), original)
+
+
+# --- paste_back_frames in pieces: a bounded working set, the same frames ----------------------------
+
+
+class LiveBytes(TorchDispatchMode):
+    """The bytes of tensor storage that torch operations allocate and that are still alive, and their
+    peak: the working set of the code run under this mode. Storages of `known` tensors (inputs) and
+    views of them are not counted."""
+
+    def __init__(self, *known: torch.Tensor) -> None:
+        super().__init__()
+        self.known = {t.untyped_storage().data_ptr() for t in known}
+        self.live: dict[int, int] = {}
+        self.now = self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.now -= self.live.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if storage.nbytes() and key not in self.live and key not in self.known:
+                    self.live[key] = storage.nbytes()
+                    self.now += storage.nbytes()
+                    self.peak = max(self.peak, self.now)
+                    weakref.finalize(storage, self._free, key)
+        return out
+
+
+def batch_to_paste() -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    """Three renders, their per-frame transforms and one 1280x960 original."""
+    original = frame_1280x960()
+    transforms = np.stack(
+        [
+            crop_to_original((420.0, 330.0), 380.0, 0.3),
+            crop_to_original((540.0, 400.0), 300.0, -0.6),
+            crop_to_original((120.0, 90.0), 420.0, 2.6),
+        ]
+    )
+    results = torch.stack([renderer_output(original, M, i) for i, M in enumerate(transforms)])
+    return results, transforms, torch.from_numpy(original)
+
+
+def piece_bytes(frames: slice, box: tuple[int, int, int, int]) -> int:
+    y0, y1, x0, x1 = box
+    return (frames.stop - frames.start) * (CROP_WORKING_BYTES + (y1 - y0) * (x1 - x0) * PASTE_BYTES_PER_PIXEL)
+
+
+@pytest.mark.parametrize("budget", [1 << 40, 64 << 20, 12 << 20])
+def test_paste_back_frames_in_pieces_equals_one_piece(budget: int) -> None:
+    results, transforms, original = batch_to_paste()
+    whole = paste_back_frames(results, transforms, original, budget_bytes=1 << 40)
+    assert torch.equal(paste_back_frames(results, transforms, original, budget_bytes=budget), whole)
+
+
+@pytest.mark.parametrize("budget", [12 << 20, 40 << 20, 100 << 20, 1 << 30])
+def test_paste_pieces_cover_the_box_once_within_the_budget(budget: int) -> None:
+    box = (100, 1900, 50, 1650)  # 1800 rows of 1600 pixels: ~550 MB per frame
+    covered = np.zeros((5, 1800), dtype=int)
+    for frames, boxes in paste_pieces(5, box, budget):
+        for y0, y1, x0, x1 in boxes:
+            assert (x0, x1) == (50, 1650) and 100 <= y0 < y1 <= 1900
+            assert piece_bytes(frames, (y0, y1, x0, x1)) <= budget
+            covered[frames, y0 - 100 : y1 - 100] += 1
+    assert (covered == 1).all()
+
+
+def test_paste_pieces_of_whole_frames_and_of_one_row() -> None:
+    box = (0, 3, 0, 10)
+    assert paste_pieces(5, box, 2 * piece_bytes(slice(0, 1), box)) == [
+        (slice(0, 2), [box]),
+        (slice(2, 4), [box]),
+        (slice(4, 5), [box]),
+    ]
+    rows = [(y, y + 1, 0, 10) for y in range(3)]
+    assert paste_pieces(2, box, 1) == [(slice(0, 1), rows), (slice(1, 2), rows)]
+
+
+@pytest.mark.parametrize("budget", [12 << 20, 48 << 20, 160 << 20])
+def test_paste_back_frames_working_set_stays_within_the_budget(budget: int) -> None:
+    """Measured: the peak of the bytes that paste_back_frames allocates, less its output."""
+    results, transforms, original = batch_to_paste()
+    known = (results, original, _mask_template_on(original.device))
+    with torch.inference_mode(), LiveBytes(*known) as live:
+        out = paste_back_frames(results, transforms, original, budget_bytes=budget)
+    assert 0 < live.peak - out.nbytes <= budget
+
+
+def test_paste_bytes_per_pixel_bounds_the_measured_working_set() -> None:
+    """One piece of one whole frame: the measured peak is within the model that sizes the pieces."""
+    results, transforms, original = batch_to_paste()
+    out = original[None].clone()
+    box = (100, 700, 200, 900)
+    known = (results, original, out, _mask_template_on(original.device))
+    with torch.inference_mode(), LiveBytes(*known) as live:
+        _paste_piece(_crops_with_mask(results[:1]), transforms[:1], out, box)
+    measured = live.peak
+    assert 0.7 * piece_bytes(slice(0, 1), box) < measured <= piece_bytes(slice(0, 1), box)
+
+
+def test_paste_back_frames_out_of_device_memory_splits_then_uses_the_host(monkeypatch) -> None:
+    """A fake of the device running out of memory (CUDA cannot run here): pieces of more than 60000
+    pixels raise torch.cuda.OutOfMemoryError off the host; the frames are the same."""
+    results, transforms, original = batch_to_paste()
+    expected = paste_back_frames(results, transforms, original)
+    calls: list[tuple[int, int, bool]] = []
+    real = pasteback._paste_piece
+
+    def short_of_memory(source, M_c2o, out, roi, on_host=False):
+        y0, y1, x0, x1 = roi
+        pixels = len(source) * (y1 - y0) * (x1 - x0)
+        calls.append((len(source), pixels, on_host))
+        if pixels > 20_000 and not on_host:
+            raise torch.cuda.OutOfMemoryError("fake: out of device memory")
+        real(source, M_c2o, out, roi, on_host)
+
+    monkeypatch.setattr(pasteback, "_paste_piece", short_of_memory)
+    assert torch.equal(paste_back_frames(results, transforms, original), expected)
+    done = [(frames, pixels) for frames, pixels, on_host in calls if pixels <= 20_000 or on_host]
+    assert calls[0][0] == 3 and all(frames == 1 for frames, _ in done)
+    assert any(on_host for *_, on_host in calls)  # halves of <= MIN_PIECE_PIXELS that still fail
+    assert sum(pixels for _, pixels in done) == calls[0][1]
+
+
+def test_paste_back_frames_all_on_the_host_when_the_device_has_no_memory(monkeypatch) -> None:
+    results, transforms, original = batch_to_paste()
+    expected = paste_back_frames(results, transforms, original)
+    real = pasteback._paste_piece
+    hosts: list[bool] = []
+
+    def no_memory(source, M_c2o, out, roi, on_host=False):
+        hosts.append(on_host)
+        if not on_host:
+            raise torch.cuda.OutOfMemoryError("fake: out of device memory")
+        real(source, M_c2o, out, roi, on_host)
+
+    monkeypatch.setattr(pasteback, "_paste_piece", no_memory)
+    assert torch.equal(paste_back_frames(results, transforms, original), expected)
+    assert hosts.count(True) >= 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU check runs it")
+def test_cuda_paste_back_frames_peak_memory_within_the_budget() -> None:
+    results, transforms, original = batch_to_paste()
+    results, original = results.cuda(), original.cuda()
+    expected = paste_back_frames(results, transforms, original, budget_bytes=1 << 40)
+    budget = 48 << 20
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = paste_back_frames(results, transforms, original, budget_bytes=budget)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - before - out.nbytes <= budget
+    assert torch.equal(out, expected)

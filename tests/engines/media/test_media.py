@@ -54,6 +54,7 @@ def make_video(
         if rotation is not None:
             video.set_display_rotation(rotation)
         audio = container.add_stream(audio_codec, rate=48000, layout="stereo") if audio_codec else None
+        assert audio is None or isinstance(audio, av.AudioStream)
         for i, rgb in enumerate(frames(n, 48, 64)):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
@@ -63,9 +64,9 @@ def make_video(
             samples = np.sin(np.arange(48000 * 2) * 2 * np.pi * 330 / 48000).astype(np.float32) * 0.3
             for start in range(0, samples.size, 960):
                 block = np.ascontiguousarray(np.tile(samples[start : start + 960], (2, 1)))
-                frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
-                frame.sample_rate, frame.pts = 48000, audio_delay + start
-                container.mux(audio.encode(frame))
+                chunk = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
+                chunk.sample_rate, chunk.pts = 48000, audio_delay + start
+                container.mux(audio.encode(chunk))
             container.mux(audio.encode(None))
     return path
 
@@ -77,6 +78,7 @@ def streams(path: Path) -> tuple[av.container.InputContainer, av.VideoStream, av
 
 
 def seconds(stream: av.stream.Stream) -> float:
+    assert stream.duration is not None and stream.time_base is not None
     return float(stream.duration * stream.time_base)
 
 
@@ -191,6 +193,7 @@ def test_reencoded_audio_keeps_its_offset_from_the_video(tmp_path: Path) -> None
         for rgb in frames(25, 48, 64):
             writer.write(rgb)
     container, _, audio = streams(out)
+    assert audio is not None
     with container:
         pcm = np.concatenate([f.to_ndarray()[0] for f in container.decode(audio)])
     assert np.abs(pcm[:18000]).max() < 0.05  # silence until ~0.4 s (give or take AAC priming)

@@ -5,6 +5,7 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,6 +48,8 @@ def random_template(n: int = 6, full: bool = True) -> MotionTemplate:
 
 def official_dict(template: MotionTemplate, legacy: bool = False) -> dict:
     """The layout written by the official make_motion_template (batch dim of 1 everywhere)."""
+    assert template.kp is not None and template.x_s is not None, "a full template (random_template)"
+    assert template.c_eyes is not None and template.c_lip is not None, "a full template (random_template)"
     motion = []
     for i in range(template.n_frames):
         item = {
@@ -122,8 +125,8 @@ def test_construction_converts_and_validates() -> None:
     template = random_template()
     assert all(a.dtype == np.float32 and a.flags.c_contiguous for a in template.arrays().values())
 
-    def build(**override: object) -> MotionTemplate:
-        fields = {"fps": 25, "exp": np.zeros((2, 21, 3)), "R": np.zeros((2, 3, 3))}
+    def build(**override: Any) -> MotionTemplate:
+        fields: dict[str, Any] = {"fps": 25, "exp": np.zeros((2, 21, 3)), "R": np.zeros((2, 3, 3))}
         fields |= {"scale": np.ones((2, 1)), "t": np.zeros((2, 3))}
         return MotionTemplate(**fields | override)
 
@@ -143,7 +146,7 @@ def test_tampered_templates_are_refused(tmp_path: Path) -> None:
     save_template(good, random_template())
     n = 6
     meta = {"format": "liveportrait-motion", "version": 1, "fps": 25, "n_frames": n}
-    cases = [
+    cases: list[tuple[dict[str, np.ndarray | None], str]] = [
         ({"payload": np.zeros(3)}, "unexpected entries"),
         ({"exp": None}, "no 'exp' array"),
         ({"t": np.zeros((n, 3))}, "must be float32, got float64"),
@@ -208,7 +211,8 @@ def test_official_pickle_loads_with_trust(tmp_path: Path, legacy: bool) -> None:
     assert (loaded.n_frames, loaded.fps, loaded.source_name) == (5, 30.0, "d0.pkl")
     assert loaded.exp.shape == (5, 21, 3) and loaded.R.shape == (5, 3, 3)
     assert loaded.scale.shape == (5, 1) and loaded.t.shape == (5, 3)
-    assert loaded.c_eyes.shape == (5, 2) and loaded.c_lip.shape == (5, 1)
+    assert loaded.c_eyes is not None and loaded.c_eyes.shape == (5, 2)
+    assert loaded.c_lip is not None and loaded.c_lip.shape == (5, 1)
     names = ("exp", "R", "scale", "t", "c_eyes", "c_lip") if legacy else tuple(template.arrays())
     for name in names:
         assert np.array_equal(getattr(loaded, name), getattr(template, name)), name

@@ -17,7 +17,7 @@ import torch
 from scipy.spatial import ConvexHull
 
 from common.options import AnimationOptions
-from engines.model import LivePortraitModel
+from engines.model import LivePortraitModel, ModelMethods
 from engines.motion.keypoints import MotionInfo, rotation_matrix, source_keypoints
 from engines.motion.smoothing import rts_smooth
 from engines.motion.transfer import (
@@ -106,24 +106,24 @@ def moved_keypoints(x_d: torch.Tensor, x_s: torch.Tensor) -> set[int]:
     return set(torch.nonzero((x_d - x_s).abs().amax(dim=(0, 2)) > 1e-6).flatten().tolist())
 
 
-class Spy:
+class Spy(ModelMethods):
     """The model with its stitching and retargeting calls recorded (inputs cloned)."""
 
     def __init__(self, model: LivePortraitModel) -> None:
         self.model = model
         self.calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
 
-    def stitch(self, x_s, x_d):
+    def stitch(self, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
         self.calls.append(("stitch", x_s.clone(), x_d.clone()))
         return self.model.stitch(x_s, x_d)
 
-    def retarget_eye(self, x_s, ratios):
-        self.calls.append(("eye", x_s.clone(), ratios.clone()))
-        return self.model.retarget_eye(x_s, ratios)
+    def retarget_eye(self, x_s: torch.Tensor, eye_ratios: torch.Tensor) -> torch.Tensor:
+        self.calls.append(("eye", x_s.clone(), eye_ratios.clone()))
+        return self.model.retarget_eye(x_s, eye_ratios)
 
-    def retarget_lip(self, x_s, ratios):
-        self.calls.append(("lip", x_s.clone(), ratios.clone()))
-        return self.model.retarget_lip(x_s, ratios)
+    def retarget_lip(self, x_s: torch.Tensor, lip_ratios: torch.Tensor) -> torch.Tensor:
+        self.calls.append(("lip", x_s.clone(), lip_ratios.clone()))
+        return self.model.retarget_lip(x_s, lip_ratios)
 
     def names(self) -> list[str]:
         return [name for name, _, _ in self.calls]
@@ -283,6 +283,7 @@ def test_expression_friendly_scales_the_motion_from_the_first_frame_by_the_multi
     src, drv = source_motion(), driving_motion()
     transfer = transfer_for(model, options(driving_option="expression-friendly"), src, drv)
     transfer.multiplier = 1.5
+    assert transfer.x_d_0 is not None
     pose_friendly = run(model, options(), src, drv)
     close(transfer(src, drv) - src.x_s, 1.5 * (pose_friendly - transfer.x_d_0), atol=1e-4)
 
@@ -356,6 +357,7 @@ def test_eye_retargeting_feeds_source_eyes_and_driving_eye_per_frame(model):
     assert spy.names() == ["eye"]
     _, x_s, ratios = spy.calls[0]
     assert x_s.shape == (N, 21, 3) and ratios.shape == (N, 3)
+    assert src.eye_ratio is not None and drv.eye_ratio is not None
     close(ratios[:, :2], src.eye_ratio.expand(N, 2), atol=0)
     close(ratios[:, 2], drv.eye_ratio, atol=0)
     # relative motion: the retargeting delta is added to the source keypoints, not to the re-posed ones
@@ -369,6 +371,7 @@ def test_lip_retargeting_feeds_source_lip_and_driving_lip_per_frame(model):
     assert spy.names() == ["lip", "stitch"]
     _, x_s, ratios = spy.calls[0]
     assert x_s.shape == (N, 21, 3) and ratios.shape == (N, 2)
+    assert src.lip_ratio is not None and drv.lip_ratio is not None
     close(ratios[:, 0], src.lip_ratio[:, 0].expand(N), atol=0)
     close(ratios[:, 1], drv.lip_ratio, atol=0)
     close(x_d, model.stitch(x_s, x_s + model.retarget_lip(x_s, ratios)), atol=1e-6)
@@ -376,6 +379,8 @@ def test_lip_retargeting_feeds_source_lip_and_driving_lip_per_frame(model):
 
 def test_eye_and_lip_deltas_add_up_and_absolute_motion_keeps_the_reposed_keypoints(model):
     src, drv = source_motion(), driving_motion()
+    assert src.eye_ratio is not None and src.lip_ratio is not None
+    assert drv.eye_ratio is not None and drv.lip_ratio is not None
     x_s = src.x_s.expand(N, -1, -1)
     eye = model.retarget_eye(x_s, torch.cat([src.eye_ratio.expand(N, 2), drv.eye_ratio[:, None]], dim=1))
     lip = model.retarget_lip(x_s, torch.cat([src.lip_ratio.expand(N, 1), drv.lip_ratio[:, None]], dim=1))
@@ -491,4 +496,4 @@ def test_source_video_eye_retargeting_holds_the_first_frames_eye_opening(model):
     close(x_d, bare + model.retarget_eye(x_s, ratios), atol=1e-6)
     closed = source_motion(frames=N, eye=(0.1, 0.12))
     held = MotionTransfer(model, opts, closed[0:1], drv.info[0:1], source_is_video=True)
-    assert held.eye_hold_target == pytest.approx(0.39)
+    assert held.eye_hold_target is not None and float(held.eye_hold_target) == pytest.approx(0.39)

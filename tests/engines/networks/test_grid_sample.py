@@ -62,7 +62,9 @@ SHAPES = [
 
 
 @pytest.mark.parametrize(("shape", "out"), SHAPES)
-def test_grid_sample_3d_matches_native(shape: tuple[int, ...], out: tuple[int, int, int]) -> None:
+def test_grid_sample_3d_matches_native(
+    shape: tuple[int, int, int, int, int], out: tuple[int, int, int]
+) -> None:
     gen = torch.Generator().manual_seed(sum(shape))
     volume = torch.randn(*shape, generator=gen)
     grid = _grid(gen, shape[0], out, shape[2:])
