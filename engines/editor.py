@@ -51,7 +51,7 @@ IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 @dataclass
 class _EditJob:
-    """What the FrameSink reads of a keyframe video (engines.pipeline.SinkJob): no driving input."""
+    """An edit job as FrameSink reads it (engines.pipeline.SinkJob, no driving input), and its progress."""
 
     output: Path
     options: AnimationOptions

@@ -62,6 +62,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+import orjson
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -392,8 +393,11 @@ class JobRecord:
 
     @classmethod
     def from_hash(cls, job_id: str, raw: Mapping[bytes | str, bytes | str]) -> JobRecord:
-        """Decode the Redis hash of job `job_id`."""
-        f = {metrics.text(k): metrics.text(v) for k, v in raw.items()}
+        """Decode the Redis hash of job `job_id` (on every read of a job: kept lean)."""
+        f = {
+            k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+            for k, v in raw.items()
+        }
 
         def num(name: str) -> float | None:
             return float(f[name]) if f.get(name) not in (None, "") else None
@@ -405,7 +409,7 @@ class JobRecord:
             id=job_id,
             status=f.get("status", "queued"),
             priority=f.get("priority", "default"),  # type: ignore[arg-type]
-            payload=json.loads(f.get("payload", "{}")),
+            payload=orjson.loads(f.get("payload", "{}")),
             created_at=float(f.get("created_at", 0.0)),
             owner=f.get("owner", ""),
             started_at=num("started_at"),
@@ -433,7 +437,7 @@ class JobRecord:
             stalled=f.get("stalled") == "1",
             last_error_code=f.get("last_error_code") or None,
             last_error_message=f.get("last_error_message"),
-            webhook=json.loads(f["webhook"]) if f.get("webhook") else None,
+            webhook=orjson.loads(f["webhook"]) if f.get("webhook") else None,
             webhook_delivered=int(f.get("webhook_delivered") or 0),
             webhook_failed=int(f.get("webhook_failed") or 0),
             webhook_pending=int(f.get("webhook_pending") or 0),

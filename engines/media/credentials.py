@@ -131,14 +131,14 @@ class ContentSigner:
 
     def check(self) -> None:
         """Sign a tiny PNG in memory and read it back: what the C2PA library refuses, it refuses here."""
-        ok, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
-        assert ok
+        _, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
         out = io.BytesIO()
         manifest = _manifest("check.png", "image/png", "check", {})
         try:
             self._sign(manifest, "image/png", io.BytesIO(png.tobytes()), out)
             out.seek(0)
-            state = c2pa.Reader("image/png", out).get_validation_state()
+            with c2pa.Reader("image/png", out) as reader:
+                state = reader.get_validation_state()
         except c2pa.C2paError as exc:
             raise CredentialsError(
                 f"the C2PA library refused the signing credentials: {_reason(exc)}"
@@ -213,7 +213,11 @@ def load_signer(config: CredentialsConfig) -> ContentSigner:
     development, generated = None, False
     if config.cert_chain is None or config.private_key is None:
         development = config.dev_dir or default_dev_dir()
-        chain_path, key_path, generated = development_credentials(development, config.algorithm)
+        try:
+            chain_path, key_path, generated = development_credentials(development, config.algorithm)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise CredentialsError(f"cannot make development credentials in {development}: {reason}") from exc
     else:
         chain_path, key_path = config.cert_chain, config.private_key
     chain_pem, key_pem = _read(chain_path, "certificate chain"), _read(key_path, "private key")

@@ -51,7 +51,7 @@ LINEAR: dict[str, Entries] = {
     "mov_y": ((5, Y, 1.0),),
     "blink": (*EYES_CLOSE, (1, Y, -0.00025), (2, Y, 0.00025)),
 }
-"""Controls whose change of the expression is linear, in the panel's order (mov last)."""
+"""Controls whose change of the expression is linear in their value."""
 
 PIECEWISE: dict[str, tuple[Entries, Entries]] = {
     "eyeball_direction_x": (((11, X, 0.0007), (15, X, 0.001)), ((11, X, 0.001), (15, X, 0.0007))),
@@ -61,6 +61,22 @@ PIECEWISE: dict[str, tuple[Entries, Entries]] = {
     ),
 }
 """Controls with one change for values > 0 and another for values <= 0."""
+
+ORDER = (
+    "eyeball_direction_x",
+    "eyeball_direction_y",
+    "smile",
+    "wink",
+    "eyebrow",
+    "lip_variation_zero",
+    "lip_variation_one",
+    "lip_variation_two",
+    "lip_variation_three",
+    "mov_x",
+    "mov_y",
+    "blink",
+)
+"""The order in which the panel adds the controls' changes (ComfyUI's blink last)."""
 
 AAA_PITCH = -0.05
 """Degrees of pitch per unit of aaa (ComfyUI's lip opening also tilts the head)."""
@@ -119,17 +135,13 @@ def _add(exp: np.ndarray, entries: Entries, value: float) -> None:
 def expression_edit(controls: ExpressionControls) -> ExpressionEdit:
     """The edit that `controls` make (aliases included), as the official panel computes it."""
     exp = np.zeros((NUM_KP, 3))
-    for name in ("eyeball_direction_x", "eyeball_direction_y", "smile", "wink", "eyebrow"):
+    for name in ORDER:
         value = controls.value(name)
         if name in PIECEWISE:
             positive, other = PIECEWISE[name]
             _add(exp, positive if value > 0 else other, value)
         else:
             _add(exp, LINEAR[name], value)
-    for name in ("lip_variation_zero", "lip_variation_one", "lip_variation_two", "lip_variation_three"):
-        _add(exp, LINEAR[name], controls.value(name))
-    for name in ("mov_x", "mov_y", "blink"):
-        _add(exp, LINEAR[name], controls.value(name))
     pitch = controls.pitch + AAA_PITCH * (controls.aaa or 0.0)
     return ExpressionEdit(
         exp,

@@ -27,7 +27,7 @@ class BodySizeLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app with a byte-counting `receive`."""
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (scope["method"] in _BODILESS and not _has_body(scope)):
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
@@ -63,6 +63,14 @@ class BodySizeLimitMiddleware:
         detail = RequestTooLarge(self.max_bytes).detail
         response = JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})
         await response(scope, receive, send)
+
+
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods whose requests come without a body unless they declare one (the read path skips the count)."""
+
+
+def _has_body(scope: Scope) -> bool:
+    return any(name in (b"content-length", b"transfer-encoding") for name, _ in scope.get("headers", []))
 
 
 def _content_length(scope: Scope) -> int | None:

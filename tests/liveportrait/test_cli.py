@@ -149,7 +149,8 @@ def test_e2e_cli_edit_writes_a_still_of_the_source_size(tmp_path, capsys):
     source = tmp_path / "portrait.png"
     write_image(source, portrait()[:, :501])
     out = tmp_path / "edited.jpg"
-    argv = ["edit", str(source), "-o", str(out), "--smile", "0.8", "--yaw", "10", "--expression", '{"wink": 5}']
-    assert main([*argv, "--weights", str(tmp_path / "weights"), "--device", "cpu"]) == 0
+    controls = ["--smile", "0.8", "--yaw", "10", "--expression", '{"wink": 5}']
+    engine = ["--weights", str(tmp_path / "weights"), "--device", "cpu"]
+    assert main(["edit", str(source), "-o", str(out), *controls, *engine]) == 0
     assert f"wrote {out} (1 frames, 501x512" in capsys.readouterr().out
     assert read_image(out).shape == (512, 501, 3)

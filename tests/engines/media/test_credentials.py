@@ -210,6 +210,7 @@ def test_bad_credentials_are_refused_at_load(tmp_path, operator):
         "is not a PEM certificate chain": CredentialsConfig(
             cert_chain=tmp_path / "garbage.pem", private_key=operator.key
         ),
+        "cannot make development credentials": CredentialsConfig(dev_dir=tmp_path / "garbage.pem" / "dev"),
     }
     for message, config in cases.items():
         with pytest.raises(CredentialsError, match=message) as refused:
