@@ -91,7 +91,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gc.freeze()  # what was loaded to start is never garbage: full collections skip it (p99)
         tasks = [asyncio.create_task(watch_stalls(queue), name="stall-watch")]
         if settings.webhook_dispatcher:
             dispatcher = WebhookDispatcher(aclient, settings, job_view)
@@ -154,8 +153,10 @@ def serve(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     configure_logging(settings)
     logging.getLogger("uvicorn.access").addFilter(QuietPolls())
+    app = create_app(settings)
+    gc.freeze()  # what was loaded to start is never garbage: the collector's full passes skip it (p99)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
