@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format
+.PHONY: demo test lint format gpu-wheels smoke
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,3 +27,12 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# the wheels that the GPU check carries to a GPU machine without network (docs/benchmarks.md, "GPU check")
+gpu-wheels: $(STAMP)
+	$(PY) -m bench.gpu_check wheels
+
+# The deployment on a real Docker engine: images, the compose stack, a job through nginx, a worker and a
+# gateway killed (deploy/smoke.sh, docs/deploy.md). Not part of `make test` or CI.
+smoke:
+	bash deploy/smoke.sh

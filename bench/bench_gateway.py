@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import httpx
 import redis
@@ -64,7 +65,8 @@ def bare_app(redis_url: str, prefix: str) -> object:
     @app.get("/bare/{job_id}")
     async def bare(job_id: str) -> Response:
         raw = await client.hgetall(f"{prefix}:job:{job_id}")
-        body = orjson.dumps({k.decode(): v.decode() for k, v in raw.items()})
+        fields = cast(dict[bytes, bytes], raw)  # this client answers bytes
+        body = orjson.dumps({k.decode(): v.decode() for k, v in fields.items()})
         return Response(body, media_type="application/json")
 
     return app
@@ -85,8 +87,16 @@ def serve_bare(port: int, redis_url: str, prefix: str) -> None:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str, headers: dict[str, str]) -> Iterator[None]:
+def process(
+    args: list[str], env: dict[str, str], ready_url: str, headers: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
     """A server subprocess, yielded once `ready_url` answers 200; terminated at exit."""
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -102,7 +112,7 @@ def process(args: list[str], env: dict[str, str], ready_url: str, headers: dict[
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{ready_url} did not answer")
             time.sleep(0.2)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -116,15 +126,20 @@ def _ms(value: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def wrk(url: str, headers: dict[str, str], threads: int, connections: int, seconds: int) -> dict[str, float]:
-    """One wrk run: requests/s, p50 and p99 latency (ms), non-2xx answers."""
+def wrk(
+    url: str, headers: dict[str, str], threads: int, connections: int, seconds: int, pid: int
+) -> dict[str, float]:
+    """One wrk run: requests/s, p50 and p99 latency (ms), non-2xx answers, server CPU µs per request."""
+    cpu = cpu_seconds(pid)
     args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return {
+        "cpu_us": (cpu_seconds(pid) - cpu) / max(requests, 1) * 1e6,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50": _ms(latency["50"]),
         "p99": _ms(latency["99"]),
@@ -133,13 +148,19 @@ def wrk(url: str, headers: dict[str, str], threads: int, connections: int, secon
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis-url", default=os.environ.get("LIVEPORTRAIT_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("LIVEPORTRAIT_REDIS_URL", "redis://127.0.0.1:6379/14")
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--serve-bare", nargs=3, metavar=("PORT", "REDIS_URL", "PREFIX"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve-bare", nargs=3, metavar=("PORT", "REDIS_URL", "PREFIX"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare(int(args.serve_bare[0]), args.serve_bare[1], args.serve_bare[2])
@@ -157,7 +178,9 @@ def main() -> None:
     client = redis.Redis.from_url(args.redis_url)
     job_id = uuid.uuid4().hex
     location = InputLocation(key=f"inputs/{job_id}/source.png")
-    JobQueue(client, settings).submit(JobPayload(job_id=job_id, source=location, driving=location), "default", digest)
+    JobQueue(client, settings).submit(
+        JobPayload(job_id=job_id, source=location, driving=location), "default", digest
+    )
 
     gateway_port, bare_port = free_port(), free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("LIVEPORTRAIT_")}
@@ -180,19 +203,31 @@ def main() -> None:
     load_before = os.getloadavg()
     try:
         with (
-            process([sys.executable, "-m", "liveportrait.cli", "gateway"], env, urls["gateway"], auth),
             process(
-                [sys.executable, "-m", "bench.bench_gateway", "--serve-bare", str(bare_port), args.redis_url, prefix],
+                [sys.executable, "-m", "liveportrait.cli", "gateway"], env, urls["gateway"], auth
+            ) as gateway,
+            process(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.bench_gateway",
+                    "--serve-bare",
+                    str(bare_port),
+                    args.redis_url,
+                    prefix,
+                ],
                 env,
                 urls["bare"],
                 {},
-            ),
+            ) as bare,
         ):
+            pids = {"gateway": gateway.pid, "bare": bare.pid}
             for name in ("gateway", "bare"):  # warm-up
-                wrk(urls[name], auth, args.threads, args.connections, 2)
+                wrk(urls[name], auth, args.threads, args.connections, 2, pids[name])
             for _ in range(args.rounds):
                 for name in ("gateway", "bare"):
-                    results[name].append(wrk(urls[name], auth, args.threads, args.connections, args.duration))
+                    run = wrk(urls[name], auth, args.threads, args.connections, args.duration, pids[name])
+                    results[name].append(run)
     finally:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
         if keys:
@@ -203,21 +238,26 @@ def main() -> None:
     def median(name: str, metric: str) -> float:
         return statistics.median(run[metric] for run in results[name])
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
     print(
-        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} rounds each, alternating; medians"
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} rounds each, "
+        "alternating; medians"
     )
-    print(f"| endpoint | requests/s | p50 ms | p99 ms | non-2xx |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| endpoint | requests/s | p50 ms | p99 ms | server CPU µs/request | non-2xx |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in ("gateway", "bare"):
         print(
             f"| {name} | {median(name, 'rps'):.0f} | {median(name, 'p50'):.2f} | {median(name, 'p99'):.2f} "
-            f"| {sum(run['errors'] for run in results[name]):.0f} |"
+            f"| {median(name, 'cpu_us'):.0f} | {sum(run['errors'] for run in results[name]):.0f} |"
         )
     rps = median("gateway", "rps") / median("bare", "rps")
     p99 = median("gateway", "p99") / median("bare", "p99")
-    print(f"| **gateway / bare** | **{rps:.2f}** (target >= 0.8) | | **{p99:.2f}** (target <= 1.5) | |")
+    cpu = median("gateway", "cpu_us") / median("bare", "cpu_us")
+    print(
+        f"| **gateway / bare** | **{rps:.2f}** (target >= 0.8) | | **{p99:.2f}** (target <= 1.5) "
+        f"| {cpu:.2f} | |"
+    )
     for name in ("gateway", "bare"):
         rounds = ", ".join(f"{run['rps']:.0f}/{run['p99']:.1f}" for run in results[name])
         print(f"{name} rounds (req/s / p99 ms): {rounds}")

@@ -81,8 +81,9 @@ class StandInAnimator:
         limits: Any = None,
         progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        expression: Any = None,
     ) -> StandInResult:
-        """Copy `source` to `output`, report one frame rendered, count this call."""
+        """Copy `source` to `output` (no expression applied), report one frame rendered, count this call."""
         from rq import get_current_job
 
         job = get_current_job()

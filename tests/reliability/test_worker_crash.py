@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Protocol
 
 import av
+import httpx
 import pytest
 
+from service.contract import Job
 from service.queue import JobQueue
 from service.settings import Settings
 from service.storage import Store
@@ -136,3 +138,44 @@ def test_stalled_worker_cannot_overwrite_the_attempt_that_replaced_it(
     assert (replaced.status, replaced.attempts, replaced.worker) == ("succeeded", 2, replacement.name)
     assert after == replaced, "the stalled attempt changed nothing"
     assert s3_keys(settings, "results/") == [replaced.result_key]
+
+
+def test_a_killed_workers_job_shows_stalled_then_requeued_and_finishes(
+    fast_settings: Callable[..., Settings],
+    s3_bucket: str,
+    gateway_server: Callable[[Settings], str],
+    media: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """The state and the events of the job tell what happened, through a gateway (which flags the stall);
+    the next worker to start removes the dead attempt's work folder."""
+    # taken for dead only after the stall is flagged (2 heartbeats late), as with the default timings
+    settings = fast_settings(
+        storage_backend="s3", s3_bucket=s3_bucket, job_retries=2, job_abandoned_after_s=8
+    )
+    queue, store = queue_and_store(settings)
+    url = gateway_server(settings)
+    with worker_processes(settings, tmp_path) as spawn:
+        first, job_id = job_under_way(spawn, queue, store, media)
+        (dead_area,) = Path(settings.work_dir).glob("worker-*/")  # type: ignore[arg-type]
+        assert list(dead_area.glob(f"job-{job_id}-*")), "the attempt works in its worker's folder"
+        first.kill()
+        stalled = wait_for_job(queue, job_id, lambda r: r.stalled, timeout=30)
+        second = spawn("worker-b")  # it reaps the abandoned attempt and runs the retry
+        wait_until(lambda: not dead_area.exists(), 30, "the dead worker's folder to be removed")
+        record = wait_for_job(queue, job_id, timeout=60)
+    assert stalled.status == "running" and stalled.frames_done >= 4 and stalled.attempts == 1
+    assert (record.status, record.attempts, record.worker) == ("succeeded", 2, second.name)
+    assert record.last_error_code == "worker_lost", "the lost attempt's error stays on the job"
+    with httpx.Client(base_url=url, timeout=30) as client:
+        events = queue.events(job_id)
+        streamed = client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "0-0"}).text
+    kinds = [event.type for event in events]
+    lost = kinds.index("stalled")
+    assert kinds[lost : lost + 3] == ["stalled", "requeued", "started"], kinds
+    assert kinds[-1] == "succeeded"
+    shown = [Job.model_validate_json(line[6:]) for line in streamed.splitlines() if line.startswith("data: ")]
+    assert [job.status for job in shown][lost : lost + 3] == ["running", "queued", "running"]
+    assert shown[lost].stalled and shown[lost].progress.eta_s is None
+    assert shown[lost + 1].last_error is not None and shown[lost + 1].last_error.code == "worker_lost"
+    assert shown[-1].status == "succeeded" and shown[-1].attempts == 2 and not shown[-1].stalled
