@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
 OVERLAYS = sorted(path.name for path in (DEPLOY / "overlays").iterdir() if path.is_dir())
-DEPLOY_YAML = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
+KUSTOMIZE_TREES = (BASE, DEPLOY / "overlays")
+DEPLOY_YAML = sorted(p for tree in KUSTOMIZE_TREES for p in [*tree.rglob("*.yaml"), *tree.rglob("*.yml")])
 
 GPU = "nvidia.com/gpu"
 GATEWAY = "liveportrait-gateway"
@@ -411,7 +412,7 @@ def duration_s(value: str) -> float:
 def test_compose_gateways_behind_a_load_balancer():
     gateways = services_running("liveportrait", "gateway")
     assert len(gateways) >= 2
-    (balancer,) = [name for name, s in SERVICES.items() if s.get("image", "").startswith("nginx:")]
+    (balancer,) = [n for n, s in SERVICES.items() if compose_default(s.get("image", "")).startswith("nginx:")]
     mount = next(v for v in SERVICES[balancer]["volumes"] if v.endswith(":/etc/nginx/nginx.conf:ro"))
     nginx_conf = (ROOT / mount.split(":")[0]).read_text()
     block = re.search(r"upstream\s+\w+\s*\{(.*?)\}", nginx_conf, re.S)
@@ -435,7 +436,8 @@ def test_compose_redis_appends_to_a_volume():
 
 def test_compose_s3_store_and_bucket_init():
     store = SERVICES["seaweedfs"]
-    assert store["image"].startswith("chrislusf/seaweedfs:") and not store["image"].endswith(":latest")
+    image = compose_default(store["image"])
+    assert image.startswith("chrislusf/seaweedfs:") and not image.endswith(":latest")
     init = SERVICES["s3-init"]
     assert init["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
     assert init["restart"] == "no"
@@ -572,52 +574,93 @@ def env_values(target: str) -> dict[str, str]:
     return values
 
 
+TARGETS = ("gateway", "worker", "worker-cpu")
+WORKERS = ("worker", "worker-cpu")
+JEMALLOC = "/usr/local/lib/libjemalloc.so.2"
+
+
+def role(target: str) -> str:
+    """What the image runs: `gateway` or `worker` (the CPU worker is the worker on another base)."""
+    return target.removesuffix("-cpu")
+
+
+def resolve(text: str) -> str:
+    """Global ARG defaults substituted, as Docker does for a build without --build-arg."""
+    for name, value in ARGS.items():
+        text = text.replace(f"${{{name}}}", value)
+    return text
+
+
 def test_dockerfile_has_gateway_and_worker_targets():
-    assert {"gateway", "worker"} <= set(STAGES)
+    assert set(TARGETS) <= set(STAGES)
     assert STAGES["gateway"]["from"].startswith("python:3.11-slim")
     assert STAGES["worker"]["from"].startswith(("nvidia/cuda:", "nvcr.io/nvidia/"))
+    assert STAGES["worker-cpu"]["from"] == STAGES["gateway"]["from"]
 
 
-@pytest.mark.parametrize("target", ["gateway", "worker"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_dockerfile_target_runs_as_the_manifests_non_root_user(target: str):
     users = final_steps(target, "USER")
     assert users, f"{target} runs as root"
-    user = users[-1].split(":")[0]
+    user = resolve(users[-1]).split(":")[0]
     assert user.isdigit() and int(user) != 0, "a numeric non-root uid lets Kubernetes verify runAsNonRoot"
-    deployment = one(base_objects(), "Deployment", f"liveportrait-{target}")
+    deployment = one(base_objects(), "Deployment", f"liveportrait-{role(target)}")
     assert pod_spec(deployment)["securityContext"]["runAsUser"] == int(user)
 
 
-@pytest.mark.parametrize("target", ["gateway", "worker"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_dockerfile_target_has_healthcheck_and_command(target: str):
     (healthcheck,) = final_steps(target, "HEALTHCHECK")
     match = re.search(r"CMD\s+(\[.*\])", healthcheck)
     assert match is not None, healthcheck
     command = match.group(1)
-    assert yaml.safe_load(command) == ["liveportrait-healthcheck", target]
+    assert yaml.safe_load(command) == ["liveportrait-healthcheck", role(target)]
     assert any(rest.endswith(" /usr/local/bin/liveportrait-healthcheck") for rest in steps(target, "COPY"))
-    assert yaml.safe_load(final_steps(target, "CMD")[-1]) == ["liveportrait", target]
+    assert yaml.safe_load(final_steps(target, "CMD")[-1]) == ["liveportrait", role(target)]
+
+
+def pip_installs(target: str) -> list[str]:
+    """The arguments of every `pip install` in the target's build."""
+    return re.findall(r"pip install ([^&]*)", " ".join(steps(target, "RUN")))
 
 
 def test_gateway_image_installs_no_torch():
-    runs = " ".join(steps("gateway", "RUN")).lower()
-    assert '".[gateway]"' in runs
+    installs = " ".join(pip_installs("gateway")).lower()
+    assert '".[gateway]"' in installs
     for word in ("torch", "tensorrt", "[worker", "engines]", "cuda"):
-        assert word not in runs, word
+        assert word not in installs, word
     assert all("torch" not in value.lower() for value in env_values("gateway").values())
+    copied = {rest.split()[0] for name in stage_closure("gateway") for op, rest in STAGES[name]["steps"]}
+    assert not {"engines", "worker"} & copied, "the gateway installs only common, service and liveportrait"
 
 
-def test_worker_image_installs_cuda_torch_and_declares_volumes():
-    runs = " ".join(steps("worker", "RUN"))
-    assert re.search(r'pip install --index-url "\$\{TORCH_INDEX_URL\}" "torch==', runs)
-    arguments = dict(rest.partition("=")[::2] for rest in steps("worker", "ARG"))
-    assert arguments["TORCH_INDEX_URL"].startswith("https://download.pytorch.org/whl/cu")
-    volumes = yaml.safe_load(final_steps("worker", "VOLUME")[-1])
-    env = env_values("worker")
+@pytest.mark.parametrize(("target", "index"), [("worker", "/whl/cu"), ("worker-cpu", "/whl/cpu")])
+def test_worker_image_installs_its_torch_build_and_declares_volumes(target: str, index: str):
+    runs = " ".join(steps(target, "RUN"))
+    assert re.search(r'pip install --index-url "\$\{TORCH_INDEX_URL\}" "torch==\$\{TORCH_VERSION\}"', runs)
+    arguments = dict(rest.partition("=")[::2] for rest in steps(target, "ARG"))
+    assert arguments["TORCH_INDEX_URL"].startswith("https://download.pytorch.org" + index)
+    assert ARGS["TORCH_VERSION"]
+    volumes = yaml.safe_load(final_steps(target, "VOLUME")[-1])
+    env = env_values(target)
     assert {env["LIVEPORTRAIT_WEIGHTS_DIR"], env["LIVEPORTRAIT_ENGINE_CACHE_DIR"]} <= set(volumes)
     manifests = config(base_objects())
     assert env["LIVEPORTRAIT_WEIGHTS_DIR"] == manifests["LIVEPORTRAIT_WEIGHTS_DIR"]
     assert env["LIVEPORTRAIT_ENGINE_CACHE_DIR"] == manifests["LIVEPORTRAIT_ENGINE_CACHE_DIR"]
+
+
+@pytest.mark.parametrize("target", WORKERS)
+def test_worker_allocates_with_jemalloc(target: str):
+    assert env_values(target)["LD_PRELOAD"] == JEMALLOC
+    (setup,) = [rest for rest in final_steps(target, "RUN") if "apt-get install" in rest]
+    assert "libjemalloc2" in setup.split()
+    assert f"ln -s \"$(dpkg -L libjemalloc2 | grep '/libjemalloc\\.so\\.2$')\" {JEMALLOC}" in setup
+
+
+def test_compose_cpu_worker_builds_the_cpu_target():
+    (cpu,) = [w for w in services_running("liveportrait", "worker") if "cpu" in SERVICES[w].get("profiles", [])]
+    assert SERVICES[cpu]["build"]["target"] == "worker-cpu"
+    assert "args" not in SERVICES[cpu]["build"]
 
 
 def dockerignore_excludes(path: str, patterns: list[str]) -> bool:

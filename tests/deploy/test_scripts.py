@@ -1,6 +1,7 @@
 """The small programs the images and docker compose run: the container health probe and the bucket init."""
 
 import importlib.util
+import json
 import socket
 import threading
 import uuid
@@ -16,7 +17,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Worker
 
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -153,3 +154,73 @@ def test_bucket_init_gives_up_when_the_store_stays_down(clean_settings: pytest.M
     clean_settings.setenv("LIVEPORTRAIT_S3_ACCESS_KEY_ID", "testing")
     clean_settings.setenv("LIVEPORTRAIT_S3_SECRET_ACCESS_KEY", "testing")
     assert create_bucket.main(attempts=1, delay_s=0) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# the bucket's lifecycle rules (deploy/s3/lifecycle.json), applied by the bucket init
+
+LIFECYCLE = DEPLOY / "s3" / "lifecycle.json"
+
+
+def s3_environment(monkeypatch: pytest.MonkeyPatch, endpoint: str, bucket: str, **more: str) -> None:
+    for name, value in {
+        "STORAGE_BACKEND": "s3",
+        "S3_ENDPOINT_URL": endpoint,
+        "S3_BUCKET": bucket,
+        "S3_REGION": "us-east-1",
+        "S3_ACCESS_KEY_ID": "testing",
+        "S3_SECRET_ACCESS_KEY": "testing",
+        **more,
+    }.items():
+        monkeypatch.setenv(f"LIVEPORTRAIT_{name}", value)
+
+
+def bucket_rules(endpoint: str, bucket: str) -> dict[str, dict]:
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    return {rule["ID"]: rule for rule in client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+
+
+def test_lifecycle_file_expires_every_object_prefix_the_service_writes():
+    rules = create_bucket.lifecycle_rules(LIFECYCLE, "")
+    expiring = {
+        rule["Filter"]["Prefix"]: rule["Expiration"]["Days"] for rule in rules if "Expiration" in rule
+    }
+    assert set(expiring) == {"results/", "inputs/", "uploads/"}
+    (multipart,) = [rule for rule in rules if "AbortIncompleteMultipartUpload" in rule]
+    assert multipart["Filter"]["Prefix"] == ""
+    assert multipart["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] >= 1
+    assert expiring["results/"] * create_bucket.DAY_S >= Settings.model_fields["result_ttl_s"].default
+
+
+@pytest.mark.parametrize(("prefix", "key_prefix"), [("", ""), ("/tenant-a/", "tenant-a/")])
+def test_bucket_init_puts_the_lifecycle_rules_under_the_store_prefix(
+    clean_settings: pytest.MonkeyPatch, moto_endpoint: str, prefix: str, key_prefix: str
+):
+    bucket = f"lp-{uuid.uuid4().hex[:12]}"
+    s3_environment(clean_settings, moto_endpoint, bucket, S3_PREFIX=prefix)
+    assert create_bucket.main(LIFECYCLE, attempts=1) == 0
+    assert create_bucket.main(LIFECYCLE, attempts=1) == 0
+    rules = bucket_rules(moto_endpoint, bucket)
+    shipped = json.loads(LIFECYCLE.read_text())["Rules"]
+    assert sorted(rules) == sorted(rule["ID"] for rule in shipped)
+    for rule in shipped:
+        applied = rules[rule["ID"]]
+        assert applied["Filter"]["Prefix"] == key_prefix + rule["Filter"]["Prefix"]
+        assert applied["Status"] == "Enabled"
+        for action in ("Expiration", "AbortIncompleteMultipartUpload"):
+            assert applied.get(action) == rule.get(action), (rule["ID"], action)
+
+
+def test_bucket_init_refuses_rules_that_drop_results_of_remembered_jobs(
+    clean_settings: pytest.MonkeyPatch, moto_endpoint: str, capsys
+):
+    bucket = f"lp-{uuid.uuid4().hex[:12]}"
+    s3_environment(clean_settings, moto_endpoint, bucket, RESULT_TTL_S=str(30 * create_bucket.DAY_S))
+    assert create_bucket.main(LIFECYCLE, attempts=1) == 1
+    assert "LIVEPORTRAIT_RESULT_TTL_S" in capsys.readouterr().err
