@@ -116,6 +116,13 @@ jemalloc_mappings() {
   "$DOCKER" exec "$1" sh -c 'grep -c jemalloc "/proc/$(cat /proc/1/task/1/children)/maps"'
 }
 
+READ_RULES='
+from service.settings import get_settings
+from service.storage import S3Store
+store = S3Store(get_settings())
+rules = store.client.get_bucket_lifecycle_configuration(Bucket=store.bucket)["Rules"]
+print(", ".join(r["ID"] + " on " + (r.get("Filter", {}).get("Prefix") or "every key") for r in rules))'
+
 check_result() { # job id -> prints "frames, bytes, mp4"
   local id=$1 out=$WORK/$1.mp4 view
   view=$(job "$id")
@@ -158,8 +165,7 @@ note "gateway image: no torch; engines and worker packages absent: $("$DOCKER" r
 
 say "3. the stack"
 start=$SECONDS
-compose run --rm weights liveportrait weights synthetic /weights
-compose run --rm weights liveportrait weights check /weights | tail -3
+compose run --rm weights sh -c 'liveportrait weights synthetic /weights && liveportrait weights check /weights'
 note "weights volume: synthetic bundle ($((SECONDS - start)) s)"
 start=$SECONDS
 compose up --detach --no-build --scale worker-cpu=2 --wait --wait-timeout 900
@@ -167,6 +173,7 @@ note "stack up and healthy in $((SECONDS - start)) s"
 compose ps --format '{{.Service}} {{.Status}}' | sed 's/^/   /'
 note "redis: appendonly $(compose exec -T redis redis-cli config get appendonly | tail -1 | tr -d '\r')"
 note "s3-init: $(compose logs --no-log-prefix s3-init | tr '\n' ';')"
+note "lifecycle rules read back from the store: $(compose run --rm --no-deps s3-init python -c "$READ_RULES")"
 mapfile -t WORKERS < <(compose ps -q worker-cpu)
 for worker in "${WORKERS[@]}"; do
   note "worker ${worker:0:12}: uid $("$DOCKER" exec "$worker" id -u)," \

@@ -27,9 +27,11 @@ RUN groupadd --system --gid 999 redis \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server redis-tools \
     && rm -rf /var/lib/apt/lists/* \
     && install -d -o redis -g redis /data
+COPY --chmod=0755 redis-standin.sh /usr/local/bin/redis-standin
 WORKDIR /data
 USER 999:999
 EXPOSE 6379
+ENTRYPOINT ["redis-standin"]
 CMD ["redis-server"]
 
 FROM python AS seaweedfs-wheel

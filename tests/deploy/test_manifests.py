@@ -446,7 +446,10 @@ def test_compose_s3_store_and_bucket_init():
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (ROOT / source).is_file(), source
-    assert init["command"][-1].endswith("create_bucket.py")
+    script, lifecycle = init["command"][1:]
+    assert script.endswith("create_bucket.py")
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in init["volumes"]}
+    assert mounts[lifecycle] == "./deploy/s3/lifecycle.json"
 
 
 def test_compose_app_services_wait_for_redis_and_the_bucket():
@@ -658,7 +661,9 @@ def test_worker_allocates_with_jemalloc(target: str):
 
 
 def test_compose_cpu_worker_builds_the_cpu_target():
-    (cpu,) = [w for w in services_running("liveportrait", "worker") if "cpu" in SERVICES[w].get("profiles", [])]
+    (cpu,) = [
+        w for w in services_running("liveportrait", "worker") if "cpu" in SERVICES[w].get("profiles", [])
+    ]
     assert SERVICES[cpu]["build"]["target"] == "worker-cpu"
     assert "args" not in SERVICES[cpu]["build"]
 

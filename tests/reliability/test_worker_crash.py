@@ -177,5 +177,6 @@ def test_a_killed_workers_job_shows_stalled_then_requeued_and_finishes(
     shown = [Job.model_validate_json(line[6:]) for line in streamed.splitlines() if line.startswith("data: ")]
     assert [job.status for job in shown][lost : lost + 3] == ["running", "queued", "running"]
     assert shown[lost].stalled and shown[lost].progress.eta_s is None
-    assert shown[lost + 1].last_error is not None and shown[lost + 1].last_error.code == "worker_lost"
+    lost_error = shown[lost + 1].last_error
+    assert lost_error is not None and lost_error.code == "worker_lost"
     assert shown[-1].status == "succeeded" and shown[-1].attempts == 2 and not shown[-1].stalled

@@ -56,9 +56,12 @@ def test_phases_advance_from_the_first_second_and_two_gateways_stream_the_same_e
     hold = Hold(frames=4)
     with running_worker(settings, fake_engine(FakeAnimator(hold=hold))), Client(urls[0]) as client, hold:
         job = client.submit(*media)
-        held = wait_until(
-            lambda: (j := client.status(job.id)).progress.frames_done == 4 and j, 20, "the render to be held"
-        )
+
+        def at_the_hold() -> Job | None:
+            status = client.status(job.id)
+            return status if status.progress.frames_done == 4 else None
+
+        held = wait_until(at_the_hold, 20, "the render to be held")
         assert held.progress.phase == "rendering" and held.progress.phase_total == FRAMES
         assert 0 < held.progress.fraction < 1 and held.progress.eta_s is not None
         hold.release()
@@ -133,3 +136,31 @@ def test_a_quiet_stream_sends_keep_alive_comments(
                 if line == ": keep-alive":
                     break
     assert lines[0].startswith("id: ") and lines[1].startswith("data: ") and lines[-1] == ": keep-alive"
+
+
+def test_client_wait_polls_once_the_stream_breaks() -> None:
+    """A stream that ends before the final event (a gateway going away): `wait` goes on by polling."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    from tests.conftest import serve_app
+
+    running = Job(id="a" * 32, status="running", priority="default", created_at="2026-12-01T00:00:00Z")
+    done = running.model_copy(update={"status": "succeeded"})
+
+    async def events(request: Request) -> StreamingResponse:
+        async def one_event():  # and then the connection ends
+            yield f"id: 1-0\ndata: {running.model_dump_json()}\n\n".encode()
+
+        return StreamingResponse(one_event(), media_type="text/event-stream")
+
+    async def status(request: Request) -> Response:
+        return Response(done.model_dump_json(), media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/jobs/{id}/events", events), Route("/v1/jobs/{id}", status)])
+    seen: list[Job] = []
+    with serve_app(app) as url, Client(url) as client:
+        final = client.wait(running.id, timeout=30, poll_s=0.05, on_progress=seen.append)
+    assert final.status == "succeeded" and [job.status for job in seen] == ["running", "succeeded"]

@@ -141,3 +141,22 @@ def test_cancelling_twice_counts_one_cancellation(queue: JobQueue) -> None:
     assert [queue.cancel(record.id) for _ in range(3)] == ["canceled"] * 3
     canceled = queue.redis.hget(queue.metrics_key, "jobs:canceled")
     assert canceled is not None and int(canceled) == 1
+
+
+def test_every_transition_is_one_event_in_a_stream_that_expires_with_the_job(queue: JobQueue) -> None:
+    from service.queue import events_key, job_lifetime_s
+
+    job = payload()
+    queue.submit(job, "default", owner="k")
+    assert queue.claim(job.job_id, "w1") == "running"
+    queue.progress(job.job_id, 2, 4)
+    queue.cancel(job.job_id)
+    assert queue.fail(job.job_id, "no_face", "no face")
+    events = queue.events(job.job_id)
+    assert [e.type for e in events] == ["queued", "started", "progress", "cancel_requested", "failed"]
+    assert [e.record.status for e in events] == ["queued", "running", "running", "running", "failed"]
+    assert events[2].record.frames_done == 2 and events[-1].record.error_code == "no_face"
+    assert [e.id for e in queue.events(job.job_id, after=events[2].id)] == [e.id for e in events[3:]]
+    hash_ttl = queue.redis.pttl(queue.job_key(job.job_id))
+    stream_ttl = queue.redis.pttl(events_key(queue.prefix, job.job_id))
+    assert 0 <= hash_ttl - stream_ttl < 1000 and hash_ttl <= job_lifetime_s(queue.settings, "failed") * 1000

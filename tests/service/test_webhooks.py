@@ -24,7 +24,7 @@ import redis
 from standardwebhooks import Webhook
 
 from service.client import Client
-from service.contract import Job
+from service.contract import Job, WebhookStatus
 from service.settings import Settings
 from tests.conftest import free_port
 from tests.waiting import wait_until
@@ -92,6 +92,18 @@ def hooked(make_settings: Callable[..., Settings], gateway_server: Callable[[Set
     return build
 
 
+def hook_state(
+    client: Client, job_id: str, done: Callable[[WebhookStatus], bool]
+) -> Callable[[], Job | None]:
+    """A condition for wait_until: the job once its webhook's state satisfies `done`."""
+
+    def check() -> Job | None:
+        job = client.status(job_id)
+        return job if job.webhook is not None and done(job.webhook) else None
+
+    return check
+
+
 def dispatched(settings: Settings) -> bool:
     """Whether the dispatchers read and acknowledged every event of the webhook stream."""
     client = redis.Redis.from_url(settings.redis_url)
@@ -110,9 +122,7 @@ def test_every_event_is_delivered_signed_in_order_with_progress_throttled(hooked
         job = client.submit(*media, webhook={"url": receiver.url})
         client.wait(job.id, timeout=60)
         final = wait_until(
-            lambda: (
-                (j := client.status(job.id)).webhook and j.webhook.pending == 0 and dispatched(settings) and j
-            ),
+            hook_state(client, job.id, lambda hook: hook.pending == 0 and dispatched(settings)),
             30,
             "every delivery to be done",
         )
@@ -138,21 +148,16 @@ def test_a_receiver_that_was_down_gets_the_delivery_once_it_is_back(hooked, medi
     with running_worker(settings, fake_engine()), Client(url) as client:
         job = client.submit(*media, webhook={"url": receiver.url, "events": ["job.succeeded"]})
         client.wait(job.id, timeout=30)
-        failing = wait_until(
-            lambda: (j := client.status(job.id)).webhook and j.webhook.last_error and j,
-            30,
-            "a failed attempt",
-        )
+        failing = wait_until(hook_state(client, job.id, lambda hook: bool(hook.last_error)), 30, "a failure")
+        assert failing.webhook is not None
         assert failing.webhook.pending == 1 and failing.webhook.last_status is None  # connection refused
         with receiver.serving():
             done = wait_until(
-                lambda: (j := client.status(job.id)).webhook and j.webhook.delivered == 1 and j,
-                30,
-                "the delivery",
+                hook_state(client, job.id, lambda hook: hook.delivered == 1), 30, "the delivery"
             )
     (body,) = receiver.verified()
     assert body["type"] == "job.succeeded" and body["data"]["id"] == job.id
-    assert done.webhook.pending == 0 and done.webhook.last_status == 204
+    assert done.webhook is not None and (done.webhook.pending, done.webhook.last_status) == (0, 204)
 
 
 def test_410_gone_stops_every_delivery_of_the_job(hooked, media) -> None:
@@ -166,12 +171,12 @@ def test_410_gone_stops_every_delivery_of_the_job(hooked, media) -> None:
         hold,
     ):
         job = c.submit(*media, webhook={"url": receiver.url})
-        gone = wait_until(lambda: (j := c.status(job.id)).webhook and j.webhook.disabled and j, 30, "the 410")
+        gone = wait_until(hook_state(c, job.id, lambda hook: hook.disabled), 30, "the 410")
         hold.release()
         c.wait(job.id, timeout=30)
         wait_until(lambda: dispatched(settings), 30, "the dispatchers to read every event")
     assert len(receiver.received) == 1 and receiver.verified()[0]["type"] == "job.started"
-    assert gone.webhook.last_status == 410, "and nothing was sent after the 410"
+    assert gone.webhook is not None and gone.webhook.last_status == 410, "nothing was sent after the 410"
 
 
 def test_webhook_submissions_are_checked(

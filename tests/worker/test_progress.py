@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from common.progress import ProgressEvent
+from common.progress import Phase, ProgressEvent
 from service.queue import PhaseProgress
 from worker.progress import AttemptProgress, PhaseCosts
 
-COSTS = {"preparing": 1.0, "extracting_motion": 0.1, "rendering": 1.0, "finalizing": 1.0}
+COSTS: dict[Phase, float] = {"preparing": 1.0, "extracting_motion": 0.1, "rendering": 1.0, "finalizing": 1.0}
 
 
 class Clock:
