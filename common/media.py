@@ -68,7 +68,6 @@ MediaFormat = ImageFormat | VideoFormat
 IMAGE_FORMATS: tuple[ImageFormat, ...] = ("png", "jpeg", "webp")
 
 
-
 class MediaError(LivePortraitError):
     """An input refused or unreadable from its bytes; `code` is stable, `message` is for people.
 

@@ -218,7 +218,6 @@ class Settings(BaseSettings):
                     raise ValueError("api_keys must be sha256 hex digests (64 hex characters)")
         return value
 
-
     def engine_config(self) -> EngineConfig:
         """The engines' load config (LIVEPORTRAIT_WEIGHTS_DIR is required to run them)."""
         if self.weights_dir is None:
