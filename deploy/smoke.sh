@@ -91,6 +91,8 @@ wait_for() { # description, timeout in s, command...
   done
 }
 
+healthy() { [[ $("$DOCKER" inspect -f '{{.State.Health.Status}}' "$1") == healthy ]]; }
+
 job_status() { job "$1" | json_string status; }
 job_is() { [[ $(job_status "$1") == "$2" ]]; }
 job_done() { [[ $(job_status "$1") =~ ^(succeeded|failed|canceled)$ ]]; }
@@ -113,7 +115,7 @@ worker_of() {
 # The worker process is tini's child (the container's PID 1); LD_PRELOAD maps jemalloc into it.
 jemalloc_mappings() {
   # shellcheck disable=SC2016 # expanded in the container
-  "$DOCKER" exec "$1" sh -c 'grep -c jemalloc "/proc/$(cat /proc/1/task/1/children)/maps"'
+  "$DOCKER" exec "$1" sh -c 'set -- $(cat /proc/1/task/1/children); grep -c jemalloc "/proc/$1/maps"'
 }
 
 READ_RULES='
@@ -128,7 +130,7 @@ check_result() { # job id -> prints "frames, bytes, mp4"
   view=$(job "$id")
   [[ $(json_string status <<<"$view") == succeeded ]] || fail "job $id: $view"
   curl -fsSL -o "$out" "$API/v1/jobs/$id/result"
-  [[ $(head -c 12 "$out" | tail -c 4) == ftyp ]] || fail "job $id: the result is not an MP4"
+  [[ $(head -c 8 "$out" | tail -c 4) == ftyp ]] || fail "job $id: the result is not an MP4"
   echo "$(json_number frames <<<"$view") frames, $(stat -c %s "$out") bytes, MP4"
 }
 
@@ -187,7 +189,8 @@ say "4. job 1: undisturbed"
 start=$SECONDS
 JOB1=$(submit)
 wait_for "job 1" 1800 job_done "$JOB1"
-note "job 1 $JOB1: $(check_result "$JOB1") in $((SECONDS - start)) s"
+result=$(check_result "$JOB1")
+note "job 1 $JOB1: $result in $((SECONDS - start)) s"
 
 say "5. job 2: its worker is killed mid-job"
 start=$SECONDS
@@ -214,15 +217,20 @@ until job_done "$JOB2" && job_done "$JOB3"; do
   ((SECONDS - killed_at < 1800)) || fail "jobs 2 and 3 did not finish"
   sleep 2
 done
+recovered_in=$((SECONDS - killed_at))
+result=$(check_result "$JOB2")
 view=$(job "$JOB2")
-note "job 2: $(check_result "$JOB2"), attempts $(json_number attempts <<<"$view"), finished" \
-  "$((SECONDS - killed_at)) s after the kill; worker ${VICTIM:0:12} restarted" \
-  "$("$DOCKER" inspect -f '{{.RestartCount}}' "$VICTIM") time(s), now $("$DOCKER" inspect -f '{{.State.Health.Status}}' "$VICTIM")"
-note "job 3: $(check_result "$JOB3")"
+finisher=$(worker_of "$JOB2" || echo unknown)
+note "job 2: $result, attempts $(json_number attempts <<<"$view") (first attempt's error:" \
+  "$(grep -o '"last_error":{[^}]*}' <<<"$view" | json_string code)), finished by worker ${finisher:0:12}" \
+  "${recovered_in} s after the kill"
+note "killed worker ${VICTIM:0:12}: restarted $("$DOCKER" inspect -f '{{.RestartCount}}' "$VICTIM") time(s)" \
+  "by its restart policy, now $("$DOCKER" inspect -f '{{.State.Health.Status}}' "$VICTIM")"
+result=$(check_result "$JOB3")
+note "job 3: $result"
 note "while gateway-1 was down: $polls requests through nginx, $((polls - errors)) answered 200, $errors not"
 "$DOCKER" start "$GATEWAY1" >/dev/null
-wait_for "gateway-1 to be healthy again" 120 \
-  test "$("$DOCKER" inspect -f '{{.State.Health.Status}}' "$GATEWAY1")" = healthy
+wait_for "gateway-1 to be healthy again" 120 healthy "$GATEWAY1"
 note "gateway-1 started again: healthy; /readyz through nginx: $(curl -fsS "$API/readyz")"
 
 say "summary ($((SECONDS - T0)) s in all)"
