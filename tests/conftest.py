@@ -11,15 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-GOLDEN_CROP_DEFAULT = Path(__file__).parent / "data" / "golden_crop_seed0.npz"
+from tests.golden import load_golden
 
 
 @pytest.fixture(scope="session")
 def golden_crop() -> dict[str, np.ndarray]:
     """Arrays of the crop/ratio/paste-back golden file (``LIVEPORTRAIT_GOLDEN_CROP`` overrides the path)."""
-    path = Path(os.environ.get("LIVEPORTRAIT_GOLDEN_CROP") or GOLDEN_CROP_DEFAULT)
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
+    return load_golden("LIVEPORTRAIT_GOLDEN_CROP", "golden_crop_seed0.npz")
 
 
 @pytest.fixture(scope="session", autouse=True)

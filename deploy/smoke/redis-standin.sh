@@ -5,6 +5,7 @@
 set -eu
 if [ "${1:-}" = redis-server ]; then
   shift
-  exec redis-server --protected-mode no "$@"
+  # after the given arguments: a config file or --version must come first
+  exec redis-server "$@" --protected-mode no
 fi
 exec "$@"

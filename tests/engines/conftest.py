@@ -1,6 +1,5 @@
 """Fixtures for the engine tests: the golden data and a model built from its synthetic weights."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -9,16 +8,13 @@ import torch
 
 from engines.model import LivePortraitModel
 from engines.weights import write_synthetic_bundle
-
-GOLDEN_DEFAULT = Path(__file__).parents[1] / "data" / "golden_seed0.npz"
+from tests.golden import load_golden
 
 
 @pytest.fixture(scope="session")
 def golden() -> dict[str, np.ndarray]:
     """The module golden file (``LIVEPORTRAIT_GOLDEN`` overrides the path)."""
-    path = Path(os.environ.get("LIVEPORTRAIT_GOLDEN") or GOLDEN_DEFAULT)
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    return load_golden("LIVEPORTRAIT_GOLDEN", "golden_seed0.npz")
 
 
 @pytest.fixture(scope="session")

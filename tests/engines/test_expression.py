@@ -5,9 +5,6 @@ weights are generated with the seed stored in it. Tolerances are the oracle READ
 L2 on keypoints, 1 grey level (and 1e-3 relative L2) on frames.
 """
 
-import os
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -25,18 +22,15 @@ from engines.motion.transfer import SourceMotion
 from engines.source import PreparedSource, SourceCrop
 from engines.weights import write_synthetic_bundle
 from tests.engines.factory import cpu_engine
+from tests.golden import load_golden
 
 from .golden_utils import assert_close, assert_frames_close
-
-GOLDEN_EDIT_DEFAULT = Path(__file__).parents[1] / "data" / "golden_edit_seed0.npz"
 
 
 @pytest.fixture(scope="module")
 def golden_edit() -> dict[str, np.ndarray]:
     """The editor's golden file (``LIVEPORTRAIT_GOLDEN_EDIT`` overrides the path)."""
-    path = Path(os.environ.get("LIVEPORTRAIT_GOLDEN_EDIT") or GOLDEN_EDIT_DEFAULT)
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    return load_golden("LIVEPORTRAIT_GOLDEN_EDIT", "golden_edit_seed0.npz")
 
 
 @pytest.fixture(scope="module")

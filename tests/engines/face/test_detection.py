@@ -111,7 +111,13 @@ def make_203(path: Path) -> Path:
         helper.make_node("Add", ["b", "mean"], ["out1"]),
         helper.make_node("Identity", ["c"], ["out2"]),
     ]
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])
+    return save_203(nodes, path, 224)
+
+
+def save_203(nodes: list, path: Path, size: int) -> Path:
+    """A model with landmark.onnx's signature: (1, 3, size, size) in; out0 (1, 2), out1 (1, 1) and the
+    203 points out2 (1, 406)."""
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
     outs = [
         helper.make_tensor_value_info("out0", TensorProto.FLOAT, [1, 2]),
         helper.make_tensor_value_info("out1", TensorProto.FLOAT, [1, 1]),

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import helper
 
 from common.options import AnimationOptions
 from engines.demo import PORTRAIT, portrait, write_demo_inputs
@@ -47,11 +47,11 @@ from liveportrait.cli import main
 from tests.engines.face.test_detection import (
     Q203,
     _const,
-    _save,
     expected_scrfd,
     make_106,
     make_203,
     make_scrfd,
+    save_203,
 )
 from tests.engines.factory import cpu_animator
 
@@ -131,13 +131,7 @@ def make_face_203(path: Path) -> Path:
         helper.make_node("Concat", ["cx11", "cy11"], ["out0"], axis=1),
         helper.make_node("Identity", ["radius11"], ["out1"]),
     ]
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
-    outs = [
-        helper.make_tensor_value_info("out0", TensorProto.FLOAT, [1, 2]),
-        helper.make_tensor_value_info("out1", TensorProto.FLOAT, [1, 1]),
-        helper.make_tensor_value_info("out2", TensorProto.FLOAT, [1, 406]),
-    ]
-    return _save(nodes, [inp], outs, path)
+    return save_203(nodes, path, size)
 
 
 @pytest.fixture(scope="module")
