@@ -19,17 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-USAGES = (
-    "digital_signature",
-    "content_commitment",
-    "key_encipherment",
-    "data_encipherment",
-    "key_agreement",
-    "key_cert_sign",
-    "crl_sign",
-    "encipher_only",
-    "decipher_only",
-)
+from engines.media.credentials import key_usage
 
 
 @dataclass(frozen=True)
@@ -51,7 +41,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _usage(*allowed: str) -> x509.KeyUsage:
-    return x509.KeyUsage(**{usage: usage in allowed for usage in USAGES})
+    return key_usage(**dict.fromkeys(allowed, True))
 
 
 def make_chain(

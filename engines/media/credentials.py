@@ -311,7 +311,7 @@ def _write_development_set(folder: Path, algorithm: SigningAlgorithm) -> None:
     ca = (
         _certificate(ca_name, ca_name, ca_key.public_key(), now, days=20 * 365)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     signer_key = _new_key(algorithm)
@@ -320,7 +320,7 @@ def _write_development_set(folder: Path, algorithm: SigningAlgorithm) -> None:
             _name(f"{DEV_NAME} signer (untrusted)"), ca_name, signer_key.public_key(), now, days=10 * 365
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(key_usage(digital_signature=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
@@ -371,7 +371,8 @@ def _certificate(
     )
 
 
-def _key_usage(**allowed: bool) -> x509.KeyUsage:
+def key_usage(**allowed: bool) -> x509.KeyUsage:
+    """An X.509 KeyUsage allowing exactly the usages given as True."""
     usages = (
         "digital_signature",
         "content_commitment",
