@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: the machine, synthetic weights, interleaved timing, tables."""
 
+import argparse
 import os
 import platform
 import statistics
@@ -56,6 +57,28 @@ def weights_dir(path: str | None) -> Path:
     from engines.weights import write_synthetic_bundle
 
     return write_synthetic_bundle(Path(tempfile.mkdtemp(prefix="lp-bench-weights-")), seed=0)
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's parser with the flags of every engine benchmark: --device, --precision,
+    --threads and --weights (the benchmark adds its own)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: fp32 CPU, fp16 CUDA")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--weights", help="weights directory (default: a synthetic bundle)")
+    return parser
+
+
+def start_bench(args: argparse.Namespace) -> tuple[torch.device, str]:
+    """The device and precision (default fp16 on CUDA, fp32 elsewhere) of `bench_parser`'s
+    flags; sets torch's threads and prints the machine."""
+    device = torch.device(args.device)
+    precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print_machine(device)
+    return device, precision
 
 
 def sync(device: torch.device) -> None:

@@ -15,13 +15,11 @@ They edit in turns (ABBA...) with other controls each time, after one warm-up ed
 gives the median seconds per edit and the cache's bytes per entry (the memory bound's unit).
 """
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
-import torch
 from rich.table import Table
 
 from common.engine_config import EngineConfig
@@ -33,31 +31,20 @@ from engines.engine import load_engine
 from engines.media import write_image
 from engines.source_cache import SourceCache
 
-from ._common import console, median, print_machine, sync, weights_dir
+from ._common import bench_parser, console, median, print_machine, start_bench, sync, weights_dir
 
 MiB = 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: fp32 CPU, fp16 CUDA")
+    parser = bench_parser(__doc__)
     parser.add_argument("--size", type=int, default=1280, help="source side in px (default 1280)")
     parser.add_argument("--repeats", type=int, help="timed edits per editor (default: 3 CPU, 20 CUDA)")
     parser.add_argument("--cache-mb", type=int, default=256, help="the warm editor's cache bound")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--weights", help="weights directory (default: a synthetic bundle)")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    precision = args.precision or ("fp16" if cuda else "fp32")
-    repeats = args.repeats or (20 if cuda else 3)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print_machine(device)
+    device, precision = start_bench(args)
+    repeats = args.repeats or (20 if device.type == "cuda" else 3)
 
     engine = load_engine(
         EngineConfig(weights_dir=weights_dir(args.weights), device=args.device, precision=precision)

@@ -18,13 +18,11 @@ All are loaded in this process and run their jobs in turns (ABBA...) after one w
 frames/s = frames / median wall seconds of a job.
 """
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
-import torch
 from rich.table import Table
 
 from common.engine_config import EngineConfig
@@ -33,8 +31,9 @@ from engines.demo import head_motion_frames, portrait
 from engines.engine import load_engine
 from engines.media import write_image, write_test_video
 from engines.pipeline import Animator
+from engines.request import AnimateRequest
 
-from ._common import console, median, print_machine, sync, weights_dir
+from ._common import bench_parser, console, median, print_machine, start_bench, sync, weights_dir
 
 
 def write_inputs(out_dir: Path, size: int, frames: int) -> tuple[Path, Path]:
@@ -47,28 +46,18 @@ def write_inputs(out_dir: Path, size: int, frames: int) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: fp32 CPU, fp16 CUDA")
+    parser = bench_parser(__doc__)
     parser.add_argument("--frames", type=int, help="driving frames (default: 4 CPU, 200 CUDA)")
     parser.add_argument("--size", type=int, default=1280, help="source side in px (default 1280)")
     parser.add_argument("--frame-batch", type=int, help="frames per W+G batch (default: 4 CPU, 16 CUDA)")
     parser.add_argument("--repeats", type=int, default=2, help="timed jobs per Animator")
-    parser.add_argument("--threads", type=int)
     parser.add_argument("--cuda-graphs", action="store_true", help="the pipelined path replays W+G graphs")
-    parser.add_argument("--weights", help="weights directory (default: a synthetic bundle)")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
+    device, precision = start_bench(args)
     cuda = device.type == "cuda"
-    precision = args.precision or ("fp16" if cuda else "fp32")
     frames = args.frames or (200 if cuda else 4)
     frame_batch = args.frame_batch or (16 if cuda else 4)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print_machine(device)
 
     weights = weights_dir(args.weights)
     graphs = ", CUDA graphs" if args.cuda_graphs else ""
@@ -93,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         def job(name: str) -> float:
             sync(device)
             start = time.perf_counter()
-            result = animators[name].animate(source, driving, tmp_dir / "out.mp4", options)
+            result = animators[name].animate(AnimateRequest(source, driving, tmp_dir / "out.mp4", options))
             sync(device)
             assert result.frames == frames and (result.width, result.height) == (args.size, args.size)
             return time.perf_counter() - start

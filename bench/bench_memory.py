@@ -71,6 +71,7 @@ def child_job(weights: Path, source: Path, driving: Path, out: Path, frame_batch
     from common.options import AnimationOptions
     from engines.engine import load_engine
     from engines.pipeline import Animator
+    from engines.request import AnimateRequest
 
     engine = load_engine(EngineConfig(weights_dir=weights, device="cpu", frame_batch=frame_batch))
     engine.model.render = stand_in_render  # type: ignore[method-assign]
@@ -78,7 +79,7 @@ def child_job(weights: Path, source: Path, driving: Path, out: Path, frame_batch
     loaded = peak_rss_mib()
     reset_peak_rss()  # the job's own peak, not the model load's (optimize_for_inference's float64)
     start = rss_mib()
-    result = animator.animate(source, driving, out, AnimationOptions())
+    result = animator.animate(AnimateRequest(source, driving, out, AnimationOptions()))
     return {
         "frames": result.frames,
         "loaded_mib": loaded,

@@ -12,7 +12,6 @@ share the CPU), and the optimised output's relative L2 error against the eager o
 CUDA it also reports torch.cuda.max_memory_allocated of the per-frame path per batch size.
 """
 
-import argparse
 import json
 import time
 from collections.abc import Callable
@@ -30,7 +29,17 @@ from engines.model import image_to_tensor, to_uint8_frames
 from engines.motion.keypoints import source_keypoints
 from engines.motion.transfer import DrivingMotion, MotionTransfer, SourceMotion
 
-from ._common import console, interleaved, median, print_machine, rel_l2, sync, weights_dir
+from ._common import (
+    bench_parser,
+    console,
+    interleaved,
+    median,
+    print_machine,
+    rel_l2,
+    start_bench,
+    sync,
+    weights_dir,
+)
 
 MODULES = ("F", "M", "S", "W", "G", "frame")
 
@@ -99,11 +108,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: fp32 CPU, fp16 CUDA")
+    parser = bench_parser(__doc__)
     parser.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay W+G from captured graphs")
     parser.add_argument("--batch", type=int, nargs="+", help="default: 1 2 on CPU, 1 4 8 16 32 on CUDA")
     parser.add_argument("--repeats", type=int, help="timed runs per module (default: 3 CPU, 20 CUDA)")
@@ -111,20 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=int, default=0, help="untimed runs (the error check before them warms up too)"
     )
     parser.add_argument("--modules", nargs="+", choices=MODULES, default=list(MODULES))
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--weights", help="weights directory (default: a synthetic bundle)")
     parser.add_argument("--json", type=Path, help="also write every timing here")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
+    device, precision = start_bench(args)
     cuda = device.type == "cuda"
-    precision = args.precision or ("fp16" if cuda else "fp32")
     batches = args.batch or ([1, 4, 8, 16, 32] if cuda else [1, 2])
     repeats = args.repeats or (20 if cuda else 3)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    print_machine(device)
 
     config = EngineConfig(weights_dir=weights_dir(args.weights), device=str(device), detector="haar-box")
     eager = load_engine(config.model_copy(update={"optimize": False})).model

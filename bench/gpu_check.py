@@ -214,6 +214,7 @@ def step_retargeting(args: argparse.Namespace) -> dict[str, Any]:
     from engines.engine import load_engine
     from engines.face.detection import LANDMARK203_FILE
     from engines.pipeline import Animator
+    from engines.request import AnimateRequest
     from engines.weights import write_synthetic_bundle
     from tests.engines.face.test_seeded import make_face_203
 
@@ -237,7 +238,7 @@ def step_retargeting(args: argparse.Namespace) -> dict[str, Any]:
     seconds = []
     for _ in range(1 if args.quick else 2):  # a warm-up (graph capture), then the timed job
         start = time.perf_counter()
-        result = animator.animate(PORTRAIT, driving, work / "out.mp4", options)
+        result = animator.animate(AnimateRequest(PORTRAIT, driving, work / "out.mp4", options))
         if cuda:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)

@@ -36,14 +36,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from common.progress import RENDERING, ProgressCallback, ProgressEvent
+from common.progress import RENDERING, ProgressEvent
+
+if TYPE_CHECKING:
+    from engines.request import AnimateRequest
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "load-test-key"
@@ -71,27 +74,16 @@ class StandInAnimator:
         self._redis = redis.Redis.from_url(redis_url)
         self._runs_key = runs_key
 
-    def animate(
-        self,
-        source: Path,
-        driving: Path,
-        output: Path,
-        options: Any,
-        *,
-        limits: Any = None,
-        progress: ProgressCallback | None = None,
-        should_cancel: Callable[[], bool] | None = None,
-        expression: Any = None,
-    ) -> StandInResult:
+    def animate(self, request: AnimateRequest) -> StandInResult:
         """Copy `source` to `output` (no expression applied), report one frame rendered, count this call."""
         from rq import get_current_job
 
         job = get_current_job()
         self._redis.hincrby(self._runs_key, job.id if job else "outside-a-job", 1)
-        shutil.copyfile(source, output)
-        if progress is not None:
-            progress(ProgressEvent(RENDERING, 1, 1))
-        return StandInResult(output=Path(output), frames=1, fps=25.0)
+        shutil.copyfile(request.source, request.output)
+        if request.progress is not None:
+            request.progress(ProgressEvent(RENDERING, 1, 1))
+        return StandInResult(output=Path(request.output), frames=1, fps=25.0)
 
 
 def run_worker() -> None:
@@ -433,22 +425,6 @@ def list_all(httpx: Any, url: str) -> list[str]:
                 return found
 
 
-def cleanup(redis_url: str, prefix: str, job_ids: list[str]) -> None:
-    """Delete the run's keys (ours and RQ's) from Redis."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    patterns = [f"*{prefix}*"] + [f"rq:*{job_id}*" for job_id in job_ids]
-    for pattern in patterns:
-        batch = list(client.scan_iter(match=pattern, count=1000))
-        if batch:
-            client.delete(*batch)
-    ours = [name for name in client.smembers("rq:queues") if prefix.encode() in name]
-    if ours:
-        client.srem("rq:queues", *ours)
-    client.close()
-
-
 # --- report -------------------------------------------------------------------------------------
 
 
@@ -549,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "worker":
         run_worker()
         return 0
+    from tests.redis_keys import purge_prefix
+
     deadline = time.monotonic() + args.timeout
     prefix = f"lpbench-{uuid.uuid4().hex[:8]}"
     stats = Stats()
@@ -575,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = verify(args, prefix, running.gateways, stats, deadline)
             report(args, stats, verdict, args.redis_url)
         finally:
-            cleanup(args.redis_url, prefix, stats.accepted)
+            purge_prefix(args.redis_url, prefix, stats.accepted)
     return 0 if verdict.ok else 1
 
 

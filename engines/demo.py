@@ -23,6 +23,13 @@ def portrait() -> np.ndarray:
     return read_image(PORTRAIT)
 
 
+def group_portrait(faces: int = 2, size: int = 256) -> np.ndarray:
+    """(size, faces * size, 3) RGB uint8: the portrait and its mirror image in turn, side by side (a
+    picture of `faces` real faces, for the several-faces tests and bench)."""
+    tile = cv2.resize(portrait(), (size, size), interpolation=cv2.INTER_AREA)
+    return np.concatenate([tile if i % 2 == 0 else tile[:, ::-1] for i in range(faces)], axis=1)
+
+
 def head_motion_frames(rgb: np.ndarray, n_frames: int, size: int = 256) -> Iterator[np.ndarray]:
     """`n_frames` (size, size, 3) frames of the face region with a sway, a nod and a slight zoom."""
     cx, cy = FACE_CENTER

@@ -5,10 +5,14 @@ so that the next edit of the same portrait runs only W and G), the edit's keypoi
 (engines.motion.expression: the official panel's math, retargeting, stitching), render
 (Engine.render) and compose (engines.compose); a keyframe video goes through the file job's
 FrameSink. Offsets on a driving video are the file job's (`Animator.animate(expression=...)`).
+
+An edit applies to each face the `faces` option selects (one face, or all of them): every face gets
+the same controls on top of its own expression, its render in one batch with the others
+(engines.faces), pasted back in turn.
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +23,10 @@ from common.errors import Canceled
 from common.expression import ExpressionControls, Keyframe, keyframe_frames, needs_landmarks
 from common.options import AnimationOptions
 from common.progress import FINALIZING, PREPARING, RENDERING, Phase, ProgressCallback, ProgressEvent
-from engines.compose import compose_frame, pastes_back
+from engines.compose import compose_faces, pastes_back
 from engines.driving import IMAGE_FPS
 from engines.engine import Engine
+from engines.faces import frame_crops, frames_per_batch, render_faces
 from engines.media import Limits, probe, read_image, write_image
 from engines.model import to_uint8_frames
 from engines.motion.expression import (
@@ -39,11 +44,11 @@ from engines.source import (
     PreparedSource,
     SourceCrop,
     limited_size,
+    prepare_faces,
     prepare_source,
     require_landmarks,
 )
 from engines.source_cache import SourceCache, source_key
-from engines.stages import batches
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 """A still's output formats by suffix (anything else is written as PNG)."""
@@ -71,17 +76,20 @@ def composing(options: AnimationOptions) -> AnimationOptions:
     return options.model_copy(update={"flag_stitching": True})
 
 
-def at_source_size(crop: SourceCrop, source: Path, options: AnimationOptions, limits: Limits) -> SourceCrop:
-    """The crop with the source image as it was read (before the resize to source_max_dim and the cut
-    to source_division) and the crop->image transform to match, so a still keeps the source's size."""
+def at_source_size(
+    crops: list[SourceCrop], source: Path, options: AnimationOptions, limits: Limits
+) -> list[SourceCrop]:
+    """The crops (of one frame) with the source image as it was read (before the resize to
+    source_max_dim and the cut to source_division) and the crop->image transforms to match, so a
+    still keeps the source's size."""
     info = probe(source, limits)
-    if crop.frame.shape[:2] in ((info.height, info.width), (info.width, info.height)):
-        return crop
+    if crops[0].frame.shape[:2] in ((info.height, info.width), (info.width, info.height)):
+        return crops
     original = read_image(source, limits)
     h, w = original.shape[:2]
     resized_w, resized_h = limited_size(h, w, options.source_max_dim)
     scale = np.diag([w / resized_w, h / resized_h, 1.0])
-    return dataclasses.replace(crop, frame=original, M_c2o=scale @ crop.M_c2o)
+    return [dataclasses.replace(crop, frame=original, M_c2o=scale @ crop.M_c2o) for crop in crops]
 
 
 class Editor:
@@ -93,7 +101,8 @@ class Editor:
         self.cache = cache
 
     def prepare(self, source: Path, options: AnimationOptions, limits: Limits) -> PreparedSource:
-        """The prepared portrait image `source` (detection, crop, M, F), from the cache when it is there."""
+        """The prepared portrait image `source` (its largest face: detection, crop, M, F), from the cache
+        when it is there."""
         if self.cache is None:
             return prepare_source(self.engine, read_image(source, limits), options)
         key = source_key(source, options)
@@ -102,6 +111,14 @@ class Editor:
             prepared = prepare_source(self.engine, read_image(source, limits), options)
             self.cache.put(key, prepared)
         return prepared
+
+    def prepare_faces(self, source: Path, options: AnimationOptions, limits: Limits) -> list[PreparedSource]:
+        """The faces of the portrait image `source` that options.faces selects, prepared, left to right.
+        The cache holds one face a source (as live sessions use it): the largest comes from it, other
+        selections are prepared each time."""
+        if options.faces == "largest":
+            return [self.prepare(source, options, limits)]
+        return prepare_faces(self.engine, read_image(source, limits), options)
 
     @staticmethod
     def resolved(prepared: PreparedSource, edits: list[ExpressionEdit]) -> list[ExpressionEdit]:
@@ -129,8 +146,26 @@ class Editor:
         self, prepared: PreparedSource, edits: list[ExpressionEdit], options: AnimationOptions
     ) -> torch.Tensor:
         """W and G of B edits: (B, 3, 512, 512) in [0, 1] on the model's device."""
-        _, x_d = self.keypoints(prepared, edits, options.flag_stitching)
-        return self.engine.render(prepared.f_s, prepared.x_s, x_d)
+        return self.render_faces([prepared], [edits], options)
+
+    def render_faces(
+        self,
+        faces: Sequence[PreparedSource],
+        edits: Sequence[list[ExpressionEdit]],
+        options: AnimationOptions,
+    ) -> torch.Tensor:
+        """W and G of B edits of each of F faces (edits[f]: face f's), as one batch: (B * F, 3, 512,
+        512) in [0, 1], frame-major, on the model's device."""
+        x_d = [
+            self.keypoints(face, face_edits, options.flag_stitching)[1]
+            for face, face_edits in zip(faces, edits, strict=True)
+        ]
+        return render_faces(self.engine, faces, x_d)
+
+    def ramped(self, prepared: PreparedSource, keyframes: list[Keyframe]) -> list[ExpressionEdit]:
+        """Each frame's edit of a face animated by keyframes, from the face's own rest state."""
+        rest, *targets = self.resolved(prepared, [REST, *(expression_edit(k.expression) for k in keyframes)])
+        return list(ramp([(t, k.change, k.keep) for t, k in zip(targets, keyframes, strict=True)], rest))
 
     def still(
         self,
@@ -149,19 +184,16 @@ class Editor:
         job = _EditJob(output, composing(options), limits, options.output_fps or IMAGE_FPS, progress)
         require_landmarks(self.engine, options, ratios=expression.needs_landmarks)
         job.report(PREPARING)
-        prepared = self.prepare(source, options, limits)
+        prepared = self.prepare_faces(source, options, limits)
         job.report(RENDERING, 0, 1)
-        result = (
-            to_uint8_frames(self.render(prepared, [expression_edit(expression)], options))[0].cpu().numpy()
-        )
+        edits = [[expression_edit(expression)]] * len(prepared)
+        results = list(to_uint8_frames(self.render_faces(prepared, edits, options)).cpu().numpy())
         job.report(RENDERING, 1, 1)
         job.report(FINALIZING)
-        crop = (
-            at_source_size(prepared.crop, source, options, limits)
-            if pastes_back(job.options)
-            else prepared.crop
-        )
-        out = compose_frame(job.options, result, crop, None)
+        crops = [face.crop for face in prepared]
+        if pastes_back(job.options):
+            crops = at_source_size(crops, source, options, limits)
+        out = compose_faces(job.options, results, crops, None)
         if output.suffix.lower() not in IMAGE_TYPES:
             output = output.with_suffix(".png")
         write_image(output, out)
@@ -190,14 +222,16 @@ class Editor:
         job = _EditJob(Path(output).with_suffix(".mp4"), composing(options), limits, fps, progress)
         require_landmarks(self.engine, options, ratios=needs_landmarks(None, keyframes))
         job.report(PREPARING)
-        prepared = self.prepare(Path(source), options, limits)
-        rest, *targets = self.resolved(prepared, [REST, *(expression_edit(k.expression) for k in keyframes)])
-        steps = [(target, k.change, k.keep) for target, k in zip(targets, keyframes, strict=True)]
+        prepared = self.prepare_faces(Path(source), options, limits)
+        frames = [self.ramped(face, keyframes) for face in prepared]
+        step = frames_per_batch(self.engine, len(prepared))
         with FrameSink(self.engine, job, total, audio=None) as sink:
-            for edits in batches(ramp(steps, rest), self.engine.frame_batch):
+            for start in range(0, total, step):
                 if should_cancel is not None and should_cancel():
                     raise Canceled
-                sink.add(self.render(prepared, edits, options), [prepared.crop] * len(edits))
+                edits = [face_frames[start : start + step] for face_frames in frames]
+                images = self.render_faces(prepared, edits, options)
+                sink.add(images, frame_crops(prepared, len(edits[0])), faces=len(prepared))
         return sink.result()
 
     def edit(

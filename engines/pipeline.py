@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from common.errors import Canceled
-from common.expression import ExpressionControls
 from common.options import AnimationOptions
 from common.progress import (
     EXTRACTING_MOTION,
@@ -30,9 +29,10 @@ from common.progress import (
     ProgressCallback,
     ProgressEvent,
 )
-from engines.compose import DevicePasteBack, compose_frame, pastes_back
+from engines.compose import DevicePasteBack, compose_faces, pastes_back
 from engines.driving import IMAGE_FPS, driving_frames, load_driving, template_motion, video_motion
 from engines.engine import Engine
+from engines.faces import frame_crops, frames_per_batch, render_faces
 from engines.heap import release_free_memory
 from engines.media import Limits, VideoReader, VideoWriter, probe, read_image, write_image
 from engines.model import to_uint8_frames
@@ -40,20 +40,19 @@ from engines.motion.expression import EditBatch, expression_edit
 from engines.motion.keypoints import MotionInfo, source_keypoints
 from engines.motion.template import MotionTemplate
 from engines.motion.transfer import DrivingMotion, MotionTransfer, SourceMotion, smooth_video_motion
+from engines.request import AnimateRequest
 from engines.source import (
     EngineError,
+    PreparedSource,
     SourceCrop,
-    crop_source,
     network_batch,
+    prepare_faces,
     require_landmarks,
     source_crops,
     source_motion,
     stack_ratios,
 )
 from engines.stages import Behind, ahead, batches
-
-_ImageSource = tuple[SourceCrop, SourceMotion, torch.Tensor]
-"""A prepared source image: its crop, M's motion of it (x_s) and F's features f_s (1, 32, 16, 64, 64)."""
 
 
 @dataclass
@@ -137,26 +136,15 @@ class Animator:
         """A driving video's motion template (pass 1 alone: `liveportrait motion extract`)."""
         return video_motion(self.engine, driving, options, limits=limits, should_cancel=should_cancel)
 
-    def animate(
-        self,
-        source: Path,
-        driving: Path,
-        output: Path,
-        options: AnimationOptions,
-        *,
-        limits: Limits | None = None,
-        progress: ProgressCallback | None = None,
-        should_cancel: Callable[[], bool] | None = None,
-        trust_pickle: bool = False,
-        expression: ExpressionControls | None = None,
-    ) -> AnimateResult:
-        """Animate `source` (image or video) with `driving` (video, image or motion template).
-
-        `progress` gets an event on entering each phase (common.progress) and after each batch of
-        frames M read (extracting_motion) or W and G rendered (rendering). `expression`: controls
-        added to every driven frame (an image source, relative motion: engines.motion.transfer)."""
-        limits = limits or Limits()
-        source, driving, output = Path(source), Path(driving), Path(output)
+    def animate(self, request: AnimateRequest) -> AnimateResult:
+        """Run the file job `request` (engines.request) to its output file."""
+        options, limits, progress, expression = (
+            request.options,
+            request.limits,
+            request.progress,
+            request.expression,
+        )
+        source, driving, output = Path(request.source), Path(request.driving), Path(request.output)
         require_landmarks(self.engine, options, ratios=expression is not None and expression.needs_landmarks)
         _report(progress, PREPARING)
         source_is_video = probe(source, limits).kind == "video"
@@ -169,8 +157,8 @@ class Animator:
             driving,
             options,
             limits,
-            should_cancel=should_cancel,
-            trust_pickle=trust_pickle,
+            should_cancel=request.should_cancel,
+            trust_pickle=request.trust_pickle,
             frames_read=functools.partial(_report, progress, EXTRACTING_MOTION),
         )
         drv = template_motion(template, self.engine.device)
@@ -181,37 +169,45 @@ class Animator:
                 "landmarks_required", "eye/lip retargeting needs the driving eye and lip ratios"
             )
         fps = options.output_fps or (template.fps if kind != "image" else IMAGE_FPS)
-        job = _Job(driving, kind, drv, output, options, limits, fps, progress, should_cancel)
+        job = _Job(driving, kind, drv, output, options, limits, fps, progress, request.should_cancel)
         if expression is not None:
             job.edit = EditBatch.stack([expression_edit(expression)], self.engine.device)
         if prepared is None:
             return self._animate_video_source(source, job)
         return self._animate_image_source(prepared, job)
 
-    def _prepare_image_source(self, source: Path, options: AnimationOptions, limits: Limits) -> _ImageSource:
-        """Detect and crop the source face, then M and F on the crop."""
-        engine = self.engine
-        src_crop, _ = crop_source(engine, read_image(source, limits), options)
-        src, net_in = source_motion(engine, [src_crop])
-        return src_crop, src, engine.model.extract_appearance(net_in)
+    def _prepare_image_source(
+        self, source: Path, options: AnimationOptions, limits: Limits
+    ) -> list[PreparedSource]:
+        """Detect and crop the source faces `options.faces` selects, then M and F on their crops."""
+        return prepare_faces(self.engine, read_image(source, limits), options)
 
-    def _animate_image_source(self, prepared: _ImageSource, job: _Job) -> AnimateResult:
+    def _animate_image_source(self, prepared: list[PreparedSource], job: _Job) -> AnimateResult:
+        """Drive each prepared face with the same motion, relative to its own pose; the faces of a
+        frame render as one batch (engines.faces) and are pasted back in turn."""
         engine = self.engine
-        src_crop, src, f_s = prepared
-        transfer = MotionTransfer(
-            engine.model,
-            job.options,
-            src,
-            job.drv.info[0:1],
-            driving_is_video=job.driving_kind != "image",
-            edit=job.edit,
-        )
+        transfers = [
+            MotionTransfer(
+                engine.model,
+                job.options,
+                face.motion,
+                job.drv.info[0:1],
+                driving_is_video=job.driving_kind != "image",
+                edit=job.edit,
+            )
+            for face in prepared
+        ]
+
+        def render(part: DrivingMotion) -> torch.Tensor:
+            x_d = [transfer(face.motion, part) for transfer, face in zip(transfers, prepared, strict=True)]
+            return render_faces(engine, prepared, x_d)
+
         if job.driving_kind == "image":
             job.report(RENDERING, 0, 1)
-            result = to_uint8_frames(engine.render(f_s, src.x_s, transfer(src, job.drv)))[0].cpu().numpy()
+            results = list(to_uint8_frames(render(job.drv)).cpu().numpy())
             still = cv2.resize(read_image(job.driving, job.limits), (512, 512))
             job.report(RENDERING, 1, 1)
-            out = compose_frame(job.options, result, src_crop, still)
+            out = compose_faces(job.options, results, [face.crop for face in prepared], still)
             job.report(FINALIZING)
             output = job.output.with_suffix(".png")
             write_image(output, out)
@@ -219,11 +215,12 @@ class Animator:
 
         n = len(job.drv.info)
         audio = job.driving if (job.options.audio == "driving" and job.driving_kind == "video") else None
+        step = frames_per_batch(engine, len(prepared))
         with FrameSink(engine, job, n, audio) as sink:
-            for start in range(0, n, engine.frame_batch):
+            for start in range(0, n, step):
                 job.check_cancel()
-                part = job.drv[start : start + engine.frame_batch]
-                sink.add(engine.render(f_s, src.x_s, transfer(src, part)), [src_crop] * len(part.info))
+                part = job.drv[start : start + step]
+                sink.add(render(part), frame_crops(prepared, len(part.info)), faces=len(prepared))
         return sink.result()
 
     def _animate_video_source(self, source: Path, job: _Job) -> AnimateResult:
@@ -310,7 +307,7 @@ class FrameSink:
         self.driving_frames: Iterator[np.ndarray | None] = itertools.repeat(None)
         if job.options.output_kind == "side_by_side" and job.driving_kind == "video" and job.driving:
             self.reader, self.driving_frames = driving_frames(engine, job.driving, job.options, job.limits)
-        self._behind: Behind[tuple[torch.Tensor, list[SourceCrop]]] | None = (
+        self._behind: Behind[tuple[torch.Tensor, list[SourceCrop], int]] | None = (
             Behind(self._encode, depth=2, name="encode") if engine.pipelined else None
         )
         job.report(RENDERING, 0, total)
@@ -318,23 +315,34 @@ class FrameSink:
     def __enter__(self) -> "FrameSink":
         return self
 
-    def add(self, images: torch.Tensor, crops: list[SourceCrop]) -> None:
-        """Queue a batch: images (B, 3, 512, 512) in [0, 1] with each frame's source crop."""
-        frames = self.paste_back(images, crops) if self.paste_back is not None else to_uint8_frames(images)
-        if self._behind is None:
-            self._encode((frames, crops))
+    def add(self, images: torch.Tensor, crops: list[SourceCrop], faces: int = 1) -> None:
+        """Queue a batch of B frames: images (B * F, 3, 512, 512) in [0, 1], frame-major with F `faces`
+        a frame (engines.faces), with each image's source crop."""
+        if self.paste_back is not None:
+            frames = self.paste_back(images, crops, faces)
         else:
-            self._behind.put((frames, crops))
-        self.rendered += len(crops)
+            frames = to_uint8_frames(images)
+        if self._behind is None:
+            self._encode((frames, crops, faces))
+        else:
+            self._behind.put((frames, crops, faces))
+        self.rendered += len(crops) // faces
         self.job.report(RENDERING, self.rendered, self.total)
 
-    def _encode(self, item: tuple[torch.Tensor, list[SourceCrop]]) -> None:
-        """Compose (unless done on the device) and encode one batch of (B, H, W, 3) uint8 frames."""
-        frames, crops = item
+    def _encode(self, item: tuple[torch.Tensor, list[SourceCrop], int]) -> None:
+        """Compose (unless done on the device: B frames) and encode one batch of (B * F, H, W, 3)
+        uint8 images, F `faces` a frame."""
+        images, crops, faces = item
         options = self.job.options
-        for frame, crop in zip(frames.cpu().numpy(), crops, strict=True):
+        images_np = images.cpu().numpy()
+        for start in range(0, len(crops), faces):
             driving = next(self.driving_frames)
-            out = frame if self.paste_back is not None else compose_frame(options, frame, crop, driving)
+            if self.paste_back is not None:
+                out = images_np[start // faces]
+            else:
+                out = compose_faces(
+                    options, list(images_np[start : start + faces]), crops[start : start + faces], driving
+                )
             if self.writer is None:
                 audio = self.audio if options.audio != "none" else None
                 self.writer = VideoWriter(
@@ -346,7 +354,7 @@ class FrameSink:
                     audio_from=audio,
                 )
             self.writer.write(out)
-        self.done += len(crops)
+        self.done += len(crops) // faces
         release_free_memory()
 
     def result(self) -> AnimateResult:

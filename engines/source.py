@@ -5,6 +5,10 @@ face (or follow it from the previous frame), crop it with the official crop, run
 its motion (x_c, R, exp, t, s) and keypoints x_s, and F for its appearance feature volume f_s. With
 landmark models, the source's eye and lip open ratios come along for retargeting. The crop keeps
 its crop->frame transform, so a rendered crop can be pasted back (engines.compose).
+
+A source image may have several faces: `prepare_faces` prepares each face the `faces` option
+selects (faces smaller than `min_face_size` left out, indices counted left to right by box centre),
+each with its own crop, motion and f_s, M and F running once on the batch of their crops.
 """
 
 from collections.abc import Iterable, Iterator
@@ -15,7 +19,7 @@ import numpy as np
 import torch
 
 from common.errors import LivePortraitError
-from common.options import AnimationOptions
+from common.options import MAX_FACES, AnimationOptions
 from engines.engine import Engine
 from engines.face.crop import crop_box_from_face_box, crop_box_from_landmarks, crop_image, crop_transform
 from engines.face.crop import to_network_input as resize_to_network
@@ -39,6 +43,8 @@ SOURCE_OPTIONS = (
     "flag_do_crop",
     "flag_do_rot",
     "det_thresh",
+    "faces",
+    "min_face_size",
     "scale",
     "vx_ratio",
     "vy_ratio",
@@ -130,10 +136,65 @@ def detect_face(engine: Engine, rgb: np.ndarray, prev: Face | None, what: str, m
     return face
 
 
+def face_size(face: Face) -> float:
+    """A face's size in pixels: the square root of its box area (so the largest face is the biggest)."""
+    return float(np.sqrt(face.area))
+
+
+def large_enough(faces: list[Face], frame_hw: tuple[int, int], min_face_size: float) -> list[Face]:
+    """The faces at least `min_face_size` x the frame's shorter side, or no_face when none is."""
+    smallest = min_face_size * min(frame_hw)
+    kept = [face for face in faces if face_size(face) >= smallest]
+    if not kept:
+        raise EngineError("no_face", f"no face of at least {smallest:.0f} pixels (min_face_size) was found")
+    return kept
+
+
+def left_to_right(faces: list[Face]) -> list[Face]:
+    """Faces in index order: by the x of their box centre, then its y."""
+    return sorted(faces, key=lambda f: (float(f.box[0] + f.box[2]), float(f.box[1] + f.box[3])))
+
+
+def select_faces(faces: list[Face], frame_hw: tuple[int, int], options: AnimationOptions) -> list[Face]:
+    """The faces `options.faces` selects among detected `faces` (largest first), left to right:
+    no_face when none is large enough, face_not_found for an index beyond the faces found."""
+    faces = large_enough(faces, frame_hw, options.min_face_size)
+    if options.faces == "largest":
+        return faces[:1]
+    if options.faces == "all":
+        return left_to_right(faces[:MAX_FACES])
+    ordered = left_to_right(faces)
+    missing = [i for i in options.faces if i >= len(ordered)]
+    if missing:
+        found = f"{len(ordered)} face" + ("s" if len(ordered) > 1 else "")
+        raise EngineError(
+            "face_not_found",
+            f"faces names face {missing[0]} but the source has {found} (indices 0 to {len(ordered) - 1}, "
+            "left to right)",
+        )
+    return [ordered[i] for i in options.faces]
+
+
+def crop_face(frame: np.ndarray, face: Face, options: AnimationOptions) -> SourceCrop:
+    """The official crop of one face of a (resized) source frame: from its landmarks where it has
+    them, else from its box."""
+    points = landmark_points(face)
+    if points is not None:
+        box = crop_box_from_landmarks(
+            points, options.scale, options.vx_ratio, options.vy_ratio, options.flag_do_rot
+        )
+    else:
+        box = crop_box_from_face_box(face.box, options.scale, options.vx_ratio, options.vy_ratio)
+    M_o2c = crop_transform(box)
+    eye, lip = face_ratios(face)
+    return SourceCrop(frame, crop_image(frame, M_o2c), np.linalg.inv(M_o2c), eye, lip)
+
+
 def crop_source(
     engine: Engine, rgb: np.ndarray, options: AnimationOptions, prev: Face | None = None
 ) -> tuple[SourceCrop, Face | None]:
-    """Detect (or track from `prev`) and crop one source frame, as the official cropper does."""
+    """Detect the largest face (or track it from `prev`) and crop one source frame, as the official
+    cropper does."""
     frame = resize_to_limit(rgb, options.source_max_dim, options.source_division)
     analyzer = engine.analyzer
     if not options.flag_do_crop:
@@ -145,16 +206,21 @@ def crop_source(
         eye, lip = face_ratios(face)
         return SourceCrop(frame, crop, scale, eye, lip), face
     face = detect_face(engine, frame, prev, "source", options.det_thresh)
-    points = landmark_points(face)
-    if points is not None:
-        box = crop_box_from_landmarks(
-            points, options.scale, options.vx_ratio, options.vy_ratio, options.flag_do_rot
-        )
-    else:
-        box = crop_box_from_face_box(face.box, options.scale, options.vx_ratio, options.vy_ratio)
-    M_o2c = crop_transform(box)
-    eye, lip = face_ratios(face)
-    return SourceCrop(frame, crop_image(frame, M_o2c), np.linalg.inv(M_o2c), eye, lip), face
+    if prev is None:
+        large_enough([face], frame.shape[:2], options.min_face_size)
+    return crop_face(frame, face, options), face
+
+
+def crop_faces(engine: Engine, rgb: np.ndarray, options: AnimationOptions) -> list[SourceCrop]:
+    """The crops of the faces of a source image that `options.faces` selects, left to right; they
+    share one (resized) frame."""
+    if options.faces == "largest":  # (so is any selection without the crop: AnimationOptions)
+        return [crop_source(engine, rgb, options)[0]]
+    frame = resize_to_limit(rgb, options.source_max_dim, options.source_division)
+    faces = engine.analyzer.faces(frame, min_score=options.det_thresh)
+    if not faces:
+        raise EngineError("no_face", "no face was found in the source")
+    return [crop_face(frame, face, options) for face in select_faces(faces, frame.shape[:2], options)]
 
 
 def source_crops(
@@ -199,7 +265,17 @@ def source_motion(engine: Engine, crops: list[SourceCrop]) -> tuple[SourceMotion
 
 
 def prepare_source(engine: Engine, rgb: np.ndarray, options: AnimationOptions) -> PreparedSource:
-    """A portrait image (H, W, 3) uint8 RGB, prepared: crop, M (x_s, ratios) and F (f_s)."""
+    """A portrait image (H, W, 3) uint8 RGB, prepared: crop, M (x_s, ratios) and F (f_s) of its
+    largest face (options.faces is not read: see prepare_faces)."""
     crop, _ = crop_source(engine, rgb, options)
     motion, net_in = source_motion(engine, [crop])
     return PreparedSource(crop, motion, engine.model.extract_appearance(net_in))
+
+
+def prepare_faces(engine: Engine, rgb: np.ndarray, options: AnimationOptions) -> list[PreparedSource]:
+    """Each face of a source image (H, W, 3) uint8 RGB that options.faces selects, left to right,
+    prepared as prepare_source prepares one; M and F run once on the batch of their crops."""
+    crops = crop_faces(engine, rgb, options)
+    motion, net_in = source_motion(engine, crops)
+    f_s = engine.model.extract_appearance(net_in)
+    return [PreparedSource(crop, motion[i : i + 1], f_s[i : i + 1]) for i, crop in enumerate(crops)]

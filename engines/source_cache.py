@@ -34,7 +34,12 @@ def source_key(path: Path, options: AnimationOptions) -> SourceKey:
     with Path(path).open("rb") as file:
         while chunk := file.read(_CHUNK):
             digest.update(chunk)
-    return SourceKey(digest.hexdigest(), tuple(getattr(options, name) for name in SOURCE_OPTIONS))
+    return content_key(digest.hexdigest(), options)
+
+
+def content_key(digest: str, options: AnimationOptions) -> SourceKey:
+    """The cache key of a file whose bytes have the sha256 hex `digest`, prepared with `options`."""
+    return SourceKey(digest, tuple(getattr(options, name) for name in SOURCE_OPTIONS))
 
 
 def prepared_bytes(prepared: PreparedSource) -> int:

@@ -5,7 +5,7 @@ import typing
 from collections.abc import Callable
 
 from common.expression import ExpressionControls
-from common.options import AnimationOptions
+from common.options import AnimationOptions, FaceSelection
 from common.progress import ProgressCallback, ProgressEvent
 
 
@@ -20,6 +20,8 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
+        elif annotation == FaceSelection:  # parsed by AnimationOptions: largest, all or 0,2
+            group.add_argument(flag, dest=name, metavar="largest|all|INDEX,...", default=None, help=help_text)
         elif typing.get_origin(annotation) is typing.Literal:
             group.add_argument(
                 flag, dest=name, choices=typing.get_args(annotation), default=None, help=help_text

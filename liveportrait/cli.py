@@ -8,15 +8,13 @@ import argparse
 import os
 import sys
 import tempfile
+import traceback
 import typing
 import uuid
 from pathlib import Path
 from typing import get_args
 
-from pydantic import ValidationError
-
 from common.engine_config import Backend, Detector, EngineConfig, PrecisionName
-from common.errors import LivePortraitError
 from common.expression import ExpressionControls
 from liveportrait.arguments import (
     add_expression_arguments,
@@ -25,6 +23,7 @@ from liveportrait.arguments import (
     options_from_args,
     progress_bar,
 )
+from liveportrait.failures import EXIT_FAILED, Failure, describe
 
 if typing.TYPE_CHECKING:
     from engines.media.credentials import ContentSigner
@@ -91,12 +90,14 @@ def _animator(args: argparse.Namespace) -> "Animator":
 
 
 def cmd_animate(args: argparse.Namespace) -> int:
+    from engines.request import AnimateRequest
+
     options = options_from_args(args)
     signer = _signer()
     animator = _animator(args)
     update, stop = progress_bar("animating")
     try:
-        result = animator.animate(
+        request = AnimateRequest(
             Path(args.source),
             Path(args.driving),
             Path(args.output),
@@ -105,6 +106,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
             trust_pickle=args.trust_pickle,
             expression=expression_from_args(args),
         )
+        result = animator.animate(request)
     finally:
         stop()
     inputs = {"source": Path(args.source), "driving": Path(args.driving)}
@@ -248,7 +250,13 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="liveportrait", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="liveportrait",
+        description=__doc__.splitlines()[0],
+        epilog="Exit status: 0 done, 1 failed, 2 usage, 3 input refused, 4 not found, 5 auth, "
+        "6 service unavailable.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="print the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("animate", help="animate a portrait locally (no Redis or S3 needed)")
@@ -289,9 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_arguments(p)
     p.set_defaults(func=cmd_demo)
 
-    motion = sub.add_parser("motion", help="motion templates").add_subparsers(
-        dest="motion_command", required=True
-    )
+    motion = _command_group(sub, "motion", "motion templates")
     p = motion.add_parser("extract", help="extract a driving video's motion into a safe template (.npz)")
     p.add_argument("driving")
     p.add_argument("-o", "--output", required=True)
@@ -299,9 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_arguments(p)
     p.set_defaults(func=cmd_motion_extract)
 
-    weights = sub.add_parser("weights", help="weight bundles").add_subparsers(
-        dest="weights_command", required=True
-    )
+    weights = _command_group(sub, "weights", "weight bundles")
     p = weights.add_parser("synthetic", help="write a seeded synthetic bundle (tests; meaningless pixels)")
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
@@ -336,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_group(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    """A command of subcommands (`liveportrait NAME SUBCOMMAND`), one of which is required."""
+    return sub.add_parser(name, help=help_text).add_subparsers(dest=f"{name}_command", required=True)
+
+
 def _add_engines_commands(sub: argparse._SubParsersAction) -> None:
     """`engines export|build`; the slim gateway install has no torch, so there they only explain."""
     try:
@@ -355,15 +364,23 @@ def _add_engines_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a failure is one line `error [code]: ...; what to do` and the exit status of its
+    class (liveportrait.failures); `--verbose` adds the traceback."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except ValidationError as err:
-        print(f"error: invalid options:\n{err}", file=sys.stderr)
-        return 2
-    except LivePortraitError as err:
-        print(f"error [{err.code}]: {err.message}", file=sys.stderr)
-        return 1
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("error [canceled]: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        failure = describe(err, url=getattr(args, "url", None))
+        if args.verbose:
+            traceback.print_exc()
+        if failure is None:
+            detail = f"unexpected {type(err).__name__}: {err}"
+            failure = Failure("internal_error", detail, EXIT_FAILED, "rerun with --verbose for the traceback")
+        print(failure.line(), file=sys.stderr)
+        return failure.exit_status
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from liveportrait.arguments import add_option_arguments, options_from_args
+from liveportrait.failures import job_failure
 
 if TYPE_CHECKING:
     from service.client import Client
@@ -63,14 +64,18 @@ def _print_job(job: "Job") -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if (args.driving is None) != args.motion:
+        raise SystemExit("error: give SOURCE DRIVING, or --motion DRIVING (see `liveportrait submit --help`)")
+    source, driving = (None, args.source) if args.motion else (args.source, args.driving)
     with _client(args) as client:
         job = client.submit(
-            args.source,
-            args.driving,
+            source,
+            driving,
             options=options_from_args(args),
             priority=args.priority,
             idempotency_key=args.idempotency_key,
             direct_upload=args.direct_upload,
+            output_kind="motion" if args.motion else "animation",
         )
         print(job.id)
         if args.wait:
@@ -115,9 +120,9 @@ def _wait(client: "Client", job_id: str, output: str | None) -> int:
     finally:
         stop()
     if job.status != "succeeded":
-        error = job.error.model_dump() if job.error else {}
-        print(f"job {job_id} {job.status}: {error}", file=sys.stderr)
-        return 1
+        failure = job_failure(job_id, job.status, job.error)
+        print(failure.line(), file=sys.stderr)
+        return failure.exit_status
     if output:
         print(f"wrote {client.download(job_id, output)}")
     return 0
@@ -152,8 +157,15 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     ).set_defaults(func=cmd_webhooks)
 
     p = sub.add_parser("submit", help="submit a job to a gateway")
-    p.add_argument("source", help="file path or http(s)/s3 URL")
-    p.add_argument("driving", help="file path or http(s)/s3 URL")
+    p.add_argument("source", help="file path or http(s)/s3 URL (with --motion: the driving video)")
+    p.add_argument(
+        "driving", nargs="?", help="file path or http(s)/s3 URL: a video, an image or a motion template"
+    )
+    p.add_argument(
+        "--motion",
+        action="store_true",
+        help="make the motion template (.npz) of one driving video, to drive later jobs with",
+    )
     p.add_argument("--priority", choices=["high", "default", "low"], default="default")
     p.add_argument("--idempotency-key")
     p.add_argument("--direct-upload", action="store_true", help="upload files via presigned POST first")

@@ -1,4 +1,5 @@
-"""A small Python client of the REST API: submit, status, events, wait (with progress), cancel, download.
+"""A small Python client of the REST API: submit, status, events, wait (with progress), cancel, download,
+and open live sessions (service.live_client then connects to them).
 
     with Client("http://127.0.0.1:8000", api_key="...") as client:
         job = client.submit("portrait.jpg", "driving.mp4", options={"flag_stitching": True})
@@ -24,6 +25,7 @@ from urllib.parse import urljoin
 import httpx
 
 from common.expression import KEYFRAMES, ExpressionControls, Keyframe
+from common.live import LiveOptions, SessionGrant
 from common.options import AnimationOptions
 from service.contract import TERMINAL_STATUSES, Job, Upload, WebhookSpec
 
@@ -44,12 +46,24 @@ _URL_SCHEMES = ("http://", "https://", "s3://")
 
 
 class ApiError(Exception):
-    """The service answered with an error status."""
+    """The service answered with an error status: its problem details (`detail`, our `code`, the field
+    `errors` of a 422) and, over a rate limit, the seconds to wait (`retry_after`)."""
 
-    def __init__(self, status_code: int, detail: Any) -> None:
-        super().__init__(f"HTTP {status_code}: {detail}")
+    def __init__(
+        self,
+        status_code: int,
+        detail: Any,
+        *,
+        code: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(f"HTTP {status_code}" + (f" [{code}]" if code else "") + f": {detail}")
         self.status_code = status_code
         self.detail = detail
+        self.code = code
+        self.errors = errors
+        self.retry_after = retry_after
 
 
 def _timed_out(job_id: str, job: Job | None, timeout: float | None) -> TimeoutError:
@@ -116,10 +130,13 @@ class Client:
     def _check(response: httpx.Response) -> httpx.Response:
         if response.status_code >= 400:
             try:
-                detail = response.json().get("detail")
+                problem = response.json()
+                detail, code, errors = problem.get("detail"), problem.get("code"), problem.get("errors")
             except (ValueError, AttributeError):
-                detail = response.text
-            raise ApiError(response.status_code, detail)
+                detail, code, errors = response.text.strip()[:500], None, None
+            retry = response.headers.get("retry-after", "")
+            retry_after = int(retry) if retry.isdigit() else None
+            raise ApiError(response.status_code, detail, code=code, errors=errors, retry_after=retry_after)
         return response
 
     def upload(self, path: Input) -> str:
@@ -134,7 +151,7 @@ class Client:
 
     def submit(
         self,
-        source: Input,
+        source: Input | None,
         driving: Input | None = None,
         *,
         options: AnimationOptions | Mapping[str, Any] | None = None,
@@ -145,15 +162,20 @@ class Client:
         idempotency_key: str | None = None,
         direct_upload: bool = False,
         webhook: WebhookSpec | Mapping[str, Any] | None = None,
+        output_kind: str = "animation",
     ) -> Job:
-        """Submit a job: an animation (`driving`), a still edit (`expression` alone), a keyframe video
-        (`keyframes`), or an animation with `expression` offsets. Local files go as multipart unless
-        `direct_upload` (or a URL is mixed in). `webhook` {url, events}: where the service POSTs the
-        job's events."""
+        """Submit a job: an animation (`driving`: a video, an image or a motion template), a still edit
+        (`expression` alone), a keyframe video (`keyframes`), an animation with `expression` offsets,
+        or (`output_kind="motion"`, no `source`) the motion template of the driving video. Local files
+        go as multipart unless `direct_upload` (or a URL is mixed in). `webhook` {url, events}: where
+        the service POSTs the job's events."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         opts = _options_json(options)
         output = {"filename": filename} if filename else {}
-        inputs = {"source": source, **({"driving": driving} if driving is not None else {})}
+        if output_kind != "animation":
+            output["kind"] = output_kind
+        given = (("source", source), ("driving", driving))
+        inputs = {name: value for name, value in given if value is not None}
         edit = _edit_json(expression, keyframes)
         if webhook is not None:
             edit["webhook"] = WebhookSpec.model_validate(webhook).model_dump(mode="json")
@@ -176,6 +198,26 @@ class Client:
                 data.update({name: json.dumps(value) for name, value in edit.items()})
                 response = self._http.post("/v1/jobs", files=files, data=data, headers=headers)
         return Job.model_validate(self._check(response).json())
+
+    def open_live(
+        self,
+        source: Input,
+        *,
+        options: LiveOptions | Mapping[str, Any] | None = None,
+        direct_upload: bool = False,
+    ) -> SessionGrant:
+        """Open a live session (POST /v1/live/sessions) for the portrait `source` (sent as multipart, or
+        first uploaded with `direct_upload`); connect to its `websocket_url` with
+        service.live_client.LiveConnection within the token's life. ApiError 503 when no slot is free."""
+        model = options if isinstance(options, LiveOptions) else LiveOptions.model_validate(options or {})
+        data = {"options": model.model_dump_json(exclude_defaults=True)}
+        if direct_upload:
+            response = self._http.post("/v1/live/sessions", data={**data, "upload_id": self.upload(source)})
+        else:
+            with Path(source).open("rb") as file:
+                files = {"source": (Path(source).name, file)}
+                response = self._http.post("/v1/live/sessions", files=files, data=data)
+        return SessionGrant.model_validate(self._check(response).json())
 
     def _reference(self, value: Input) -> dict[str, str]:
         if _is_url(value):

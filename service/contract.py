@@ -41,11 +41,43 @@ WEBHOOK_EVENT_TYPES: tuple[WebhookEventType, ...] = get_args(WebhookEventType)
 
 PAYLOAD_VERSION: Final = 1
 
+OutputKind = Literal["animation", "motion"]
+"""What a job makes: the animated portrait, or (`motion`) the motion template of its driving video."""
+
+
+def check_job_shape(
+    kind: OutputKind,
+    has_source: bool,
+    has_driving: bool,
+    expression: ExpressionControls | None,
+    keyframes: list[Keyframe] | None,
+) -> None:
+    """A job's inputs for what it makes: an animation or an edit has a `source` (and one of the editor's
+    shapes, `check_edit_shape`); a motion job has a driving input alone. ValueError otherwise."""
+    if kind == "motion":
+        if has_source or not has_driving or expression is not None or keyframes is not None:
+            raise ValueError(
+                "a motion job (output kind 'motion') takes a 'driving' video alone: "
+                "no 'source', 'expression' or 'keyframes'"
+            )
+        return
+    if not has_source:
+        raise ValueError("'source' is required (only a motion job, output kind 'motion', goes without)")
+    check_edit_shape(has_driving, expression, keyframes)
+
 
 class InputRef(BaseModel):
     """One input of a JSON job request: a URL (http, https or s3) or the id of a finished upload."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["url"], "properties": {"url": {"type": "string"}}},
+                {"required": ["upload_id"], "properties": {"upload_id": {"type": "string"}}},
+            ]
+        },
+    )
 
     url: str | None = Field(None, min_length=1, max_length=4096, description="http(s):// or s3:// URL.")
     upload_id: str | None = Field(None, pattern=ID_PATTERN, description="Id returned by POST /v1/uploads.")
@@ -58,9 +90,16 @@ class InputRef(BaseModel):
 
 
 class OutputSpec(BaseModel):
-    """How the result is delivered."""
+    """What the job makes, and how the result is delivered."""
 
     model_config = ConfigDict(extra="forbid")
+
+    kind: OutputKind = Field(
+        "animation",
+        description="animation: the animated portrait (or edited still). motion: the driving video's "
+        "motion template (.npz, `application/x-liveportrait-motion`), to drive later jobs as their "
+        "`driving` input without reading the video again; such a job has no `source`.",
+    )
 
     filename: str | None = Field(
         None,
@@ -91,13 +130,14 @@ KEYFRAMES_DOC = "Without a driving input: a video of sum(change + keep) frames r
 
 
 class JobRequest(BaseModel):
-    """The JSON body of POST /v1/jobs: an animation (source and driving), or an expression edit (source
-    and `expression` or `keyframes`; with a driving input, `expression` offsets the animation)."""
+    """The JSON body of POST /v1/jobs: an animation (source and driving: a video, an image or a motion
+    template), an expression edit (source and `expression` or `keyframes`; with a driving input,
+    `expression` offsets the animation), or a motion template (`output.kind` motion: driving alone)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    source: InputRef
-    driving: InputRef | None = None
+    source: InputRef | None = Field(None, description="The portrait: an image or a video (not in a motion job).")
+    driving: InputRef | None = Field(None, description="A video, an image or a motion template (.npz).")
     options: AnimationOptions = Field(default_factory=AnimationOptions)
     expression: ExpressionControls | None = Field(None, description=EXPRESSION_DOC)
     keyframes: Keyframes | None = Field(None, description=KEYFRAMES_DOC)
@@ -106,8 +146,9 @@ class JobRequest(BaseModel):
     webhook: WebhookSpec | None = None
 
     @model_validator(mode="after")
-    def _edit_shape(self) -> "JobRequest":
-        check_edit_shape(self.driving is not None, self.expression, self.keyframes)
+    def _shape(self) -> "JobRequest":
+        has_source, has_driving = self.source is not None, self.driving is not None
+        check_job_shape(self.output.kind, has_source, has_driving, self.expression, self.keyframes)
         return self
 
 
@@ -134,7 +175,7 @@ class JobPayload(BaseModel):
 
     version: Literal[1] = PAYLOAD_VERSION
     job_id: str = Field(pattern=ID_PATTERN)
-    source: InputLocation
+    source: InputLocation | None = None
     driving: InputLocation | None = None
     options: AnimationOptions = Field(default_factory=AnimationOptions)
     expression: ExpressionControls | None = None
@@ -147,8 +188,9 @@ class JobPayload(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _edit_shape(self) -> "JobPayload":
-        check_edit_shape(self.driving is not None, self.expression, self.keyframes)
+    def _shape(self) -> "JobPayload":
+        has_source, has_driving = self.source is not None, self.driving is not None
+        check_job_shape(self.output.kind, has_source, has_driving, self.expression, self.keyframes)
         return self
 
 

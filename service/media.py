@@ -8,6 +8,7 @@ the same bytes with the same code; the gateway adds how much of a stored object 
 from __future__ import annotations
 
 from common.media import (
+    MOTION_TEMPLATE,
     SNIFF_BYTES,
     SUPPORTED,
     MediaError,
@@ -18,6 +19,7 @@ from common.media import (
     inspect_media,
     sniff,
 )
+from common.motion_template import looks_like_template, max_template_bytes
 
 HEAD_BYTES = 1024 * 1024
 """How much of a stored object the gateway reads to check an input it did not receive itself."""
@@ -26,6 +28,7 @@ MediaRejected = MediaError
 
 __all__ = [
     "HEAD_BYTES",
+    "MOTION_TEMPLATE",
     "SNIFF_BYTES",
     "SUPPORTED",
     "MediaError",
@@ -35,5 +38,7 @@ __all__ = [
     "extension",
     "identify",
     "inspect_media",
+    "looks_like_template",
+    "max_template_bytes",
     "sniff",
 ]

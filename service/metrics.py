@@ -27,12 +27,19 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 from service.contract import PRIORITIES
 
 if TYPE_CHECKING:
+    from service.live import Capacity as LiveCapacity
     from service.queue import JobQueue
 
 WAIT_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 RUN_BUCKETS: tuple[float, ...] = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 FPS_BUCKETS: tuple[float, ...] = (0.25, 0.5, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
-HISTOGRAMS: dict[str, tuple[float, ...]] = {"wait": WAIT_BUCKETS, "run": RUN_BUCKETS, "fps": FPS_BUCKETS}
+LIVE_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12)
+HISTOGRAMS: dict[str, tuple[float, ...]] = {
+    "wait": WAIT_BUCKETS,
+    "run": RUN_BUCKETS,
+    "fps": FPS_BUCKETS,
+    "live": LIVE_BUCKETS,
+}
 STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "canceled")
 
 
@@ -52,6 +59,39 @@ def observe(pipe: Redis | Pipeline, key: str, name: str, value: float) -> None:
     pipe.hincrby(key, _bucket_field(name, le), 1)
     pipe.hincrbyfloat(key, f"{name}:sum", max(value, 0.0))
     pipe.hincrby(key, f"{name}:count", 1)
+
+
+def record_live(
+    redis: Redis,
+    key: str,
+    *,
+    frames_in: int,
+    frames_out: int,
+    dropped: int,
+    sessions: int,
+    latencies: Sequence[float],
+) -> None:
+    """A live worker's counts since its last heartbeat: frames in, out and dropped, sessions started, and
+    each answered frame's latency on the worker (seconds) in histogram `live`, all in one transaction."""
+    buckets: dict[float, int] = {}
+    for value in latencies:
+        le = next((b for b in LIVE_BUCKETS if value <= b), math.inf)
+        buckets[le] = buckets.get(le, 0) + 1
+    with redis.pipeline() as pipe:
+        for name, count in (
+            ("live:frames_in", frames_in),
+            ("live:frames_out", frames_out),
+            ("live:dropped", dropped),
+            ("live:sessions", sessions),
+        ):
+            if count:
+                pipe.hincrby(key, name, count)
+        for le, count in buckets.items():
+            pipe.hincrby(key, _bucket_field("live", le), count)
+        if latencies:
+            pipe.hincrbyfloat(key, "live:sum", sum(max(v, 0.0) for v in latencies))
+            pipe.hincrby(key, "live:count", len(latencies))
+        pipe.execute()
 
 
 def count_status(pipe: Redis | Pipeline, key: str, status: str) -> None:
@@ -252,4 +292,53 @@ class RedisMetricsCollector:
             buckets.append(("+Inf" if le == math.inf else f"{le:g}", cumulative))
         return HistogramMetricFamily(
             metric, doc, buckets=buckets, sum_value=float(raw.get(f"{name}:sum", 0.0))
+        )
+
+
+class LiveMetricsCollector:
+    """The live-session metrics: the capacity of the live workers alive (read from their advertisements
+    by `capacity`, a service.live.LiveRegistry's) and the counters and latency histogram they add to the
+    shared hash."""
+
+    def __init__(self, redis: Redis, key: str, capacity: Callable[[], LiveCapacity]) -> None:
+        self.redis = redis
+        self.key = key
+        self.capacity = capacity
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: the metrics are read from Redis on collect."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics, or none at all while Redis is unreachable."""
+        try:
+            capacity = self.capacity()
+            raw = {text(k): text(v) for k, v in self.redis.hgetall(self.key).items()}
+        except Exception:  # a scrape must not fail because Redis is down
+            return
+        yield GaugeMetricFamily("liveportrait_live_workers", "Live workers alive.", value=capacity.workers)
+        yield GaugeMetricFamily(
+            "liveportrait_live_slots", "Live slots of the live workers alive.", value=capacity.slots
+        )
+        yield GaugeMetricFamily(
+            "liveportrait_live_sessions_active", "Live sessions running on workers.", value=capacity.active
+        )
+        for name, field_name, doc in (
+            ("liveportrait_live_sessions", "live:sessions", "Live sessions started on workers."),
+            ("liveportrait_live_frames_received", "live:frames_in", "Driving frames received by sessions."),
+            ("liveportrait_live_frames_sent", "live:frames_out", "Animated frames sent by live sessions."),
+            (
+                "liveportrait_live_frames_dropped",
+                "live:dropped",
+                "Frames dropped by live sessions (superseded driving frames, answers to slow clients).",
+            ),
+        ):
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], float(raw.get(field_name, 0)))
+            yield counter
+        yield RedisMetricsCollector._histogram(
+            raw,
+            "live",
+            "liveportrait_live_frame_latency_seconds",
+            "Seconds from a driving frame's arrival on the worker to its answer being queued.",
         )

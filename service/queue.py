@@ -257,26 +257,23 @@ SETTLED = ("succeeded", "failed", "canceled")
 """The statuses a job ends in."""
 
 
+_CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 10, "health_check_interval": 30}
+"""How every client of ours talks to Redis: a short connect timeout, reads bounded, idle links checked."""
+
+
+def _backoff() -> ExponentialBackoff:
+    """Two quick retries (20 ms, then at most 250 ms apart)."""
+    return ExponentialBackoff(cap=0.25, base=0.02)
+
+
 def connect(settings: Settings) -> Redis:
     """A Redis client for the configured URL: short connect timeout, two quick retries."""
-    return Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=30,
-        retry=RedisRetry(ExponentialBackoff(cap=0.25, base=0.02), 2),
-    )
+    return Redis.from_url(settings.redis_url, retry=RedisRetry(_backoff(), 2), **_CLIENT_OPTIONS)
 
 
 def connect_async(settings: Settings) -> AsyncRedis:
     """An asyncio Redis client for the configured URL (the gateway's reads), set up as `connect`'s."""
-    return AsyncRedis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=30,
-        retry=AsyncRetry(ExponentialBackoff(cap=0.25, base=0.02), 2),
-    )
+    return AsyncRedis.from_url(settings.redis_url, retry=AsyncRetry(_backoff(), 2), **_CLIENT_OPTIONS)
 
 
 def abandoned_after_s(settings: Settings) -> int:

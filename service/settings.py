@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.content_credentials import CredentialsConfig, SigningAlgorithm, credentials_default
 from common.engine_config import Backend, Detector, Device, EngineConfig, PrecisionName, engine_default
+from common.live import LiveLimits
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -44,6 +45,11 @@ class Settings(BaseSettings):
     job_retries: int = Field(2, ge=0, le=10)
     retry_backoff_s: list[int] = Field(default_factory=lambda: [10, 60])
     idempotency_ttl_s: int = Field(24 * 3600, ge=60, description="How long an Idempotency-Key is remembered.")
+    motion_cache_ttl_s: int = Field(
+        7 * 24 * 3600,
+        ge=0,
+        description="How long a driving video's motion template is kept (by content) for later jobs; 0: none.",
+    )
 
     # storage
     storage_backend: Literal["local", "s3"] = "local"
@@ -144,6 +150,56 @@ class Settings(BaseSettings):
         10, ge=1, le=3600, description="How often the workers look for abandoned jobs (one of them does)."
     )
 
+    # live sessions (docs/api.md "Live sessions")
+    live_slots: int = Field(
+        4,
+        ge=0,
+        le=256,
+        description="Live sessions a worker runs at once, beside its jobs; 0: no live server.",
+    )
+    live_host: str = Field("127.0.0.1", description="Address the worker's live WebSocket server binds.")
+    live_port: int = Field(
+        8765, ge=0, le=65535, description="Port of the worker's live server (0: any free one)."
+    )
+    live_advertise_address: str | None = Field(
+        None,
+        description="host:port the gateways reach this worker's live server at (default: the bound address; "
+        "the host name when bound to 0.0.0.0).",
+    )
+    live_heartbeat_s: float = Field(
+        2.0, gt=0, le=60, description="Period of a worker's live advertisement; three missed take it out."
+    )
+    live_token_ttl_s: int = Field(
+        30, ge=1, le=600, description="Life of the single-use token of a websocket_url."
+    )
+    live_idle_timeout_s: float = Field(
+        30.0, gt=0, description="A session without a driving frame this long ends."
+    )
+    live_max_session_s: float = Field(1800.0, gt=0, description="Longest live session.")
+    live_max_frame_bytes: int = Field(
+        2 * 1024 * 1024, ge=1024, description="Largest driving frame (JPEG bytes)."
+    )
+    live_max_frame_pixels: int = Field(1920 * 1080, ge=64 * 64, description="Most pixels of a driving frame.")
+    live_send_queue_frames: int = Field(
+        2, ge=1, le=64, description="Animated frames queued per session before the oldest is dropped."
+    )
+    live_batch_window_ms: float = Field(
+        4.0,
+        ge=0,
+        le=100,
+        description="How long the model waits for other sessions' frames to render them in one batch.",
+    )
+    live_max_batch: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Most frames of concurrent sessions in one batch (default: the engine's frame batch, "
+        "1 on a CPU, 16 on a GPU).",
+    )
+    live_retry_after_s: int = Field(
+        5, ge=1, le=3600, description="Retry-After of a 503 when no slot is free."
+    )
+
     # job events: the event stream and webhooks (service.webhooks, docs/api.md)
     events_keepalive_s: float = Field(
         15.0, gt=0, le=300, description="Seconds between keep-alive comments of an idle event stream."
@@ -235,6 +291,16 @@ class Settings(BaseSettings):
             frame_batch=self.frame_batch,
             detector=self.detector,
             engine_cache_dir=self.engine_cache_dir,
+        )
+
+    def live_limits(self) -> LiveLimits:
+        """The limits of every live session (what POST /v1/live/sessions and `ready` announce)."""
+        return LiveLimits(
+            max_frame_bytes=self.live_max_frame_bytes,
+            max_frame_pixels=self.live_max_frame_pixels,
+            idle_timeout_s=self.live_idle_timeout_s,
+            max_session_s=self.live_max_session_s,
+            send_queue_frames=self.live_send_queue_frames,
         )
 
     def credentials_config(self) -> CredentialsConfig:

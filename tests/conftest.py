@@ -65,23 +65,11 @@ def queue_prefix(redis_url: str) -> Iterator[str]:
     """A queue prefix of this test alone; its keys (ours and RQ's) are deleted afterwards."""
     import uuid
 
-    import redis
+    from tests.redis_keys import purge_prefix
 
     prefix = f"lptest-{uuid.uuid4().hex[:10]}"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        job_ids = [key.decode().rsplit(":", 1)[1] for key in client.scan_iter(match=f"{prefix}:job:*")]
-        patterns = [f"*{prefix}*", *(f"rq:*{job_id}*" for job_id in job_ids)]
-        for pattern in patterns:
-            keys = list(client.scan_iter(match=pattern, count=1000))
-            if keys:
-                client.delete(*keys)
-        ours = [m for m in client.smembers("rq:queues") if prefix.encode() in m]
-        if ours:
-            client.srem("rq:queues", *ours)
-    finally:
-        client.close()
+    purge_prefix(redis_url, prefix)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,8 @@ ALLOWED = {
 }
 FORBIDDEN_THIRD_PARTY = {
     "common": {"torch", "numpy", "cv2", "av", "onnx", "onnxruntime", "fastapi", "redis", "rq", "boto3"},
-    "service": {"torch", "cv2", "av", "onnx", "onnxruntime"},
+    # numpy too: a dependency of the engines extra only, absent from the gateway image
+    "service": {"torch", "numpy", "cv2", "av", "onnx", "onnxruntime"},
 }
 
 

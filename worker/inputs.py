@@ -120,7 +120,8 @@ def fetch_input(
             _from_http(settings, url, raw, name, limit)
     with raw.open("rb") as src:
         try:  # the gateway's header checks again: URL inputs reach the worker unchecked
-            info = inspect_media(src, raw.stat().st_size, MediaLimits.from_settings(settings))
+            limits = MediaLimits.from_settings(settings)
+            info = inspect_media(src, raw.stat().st_size, limits, motion_templates=name == "driving")
         except MediaError as exc:
             raise InputError(exc.code, f"the {name} input was refused: {exc.message}") from exc
     path = raw.with_name(f"{name}{extension(info.content_type)}")

@@ -27,8 +27,10 @@ from rq.timeouts import JobTimeoutException
 from common.errors import Canceled, ErrorCode, LivePortraitError
 from common.media import SNIFF_BYTES, extension, sniff
 from common.options import AnimationOptions
-from common.progress import PREPARING, ProgressCallback, ProgressEvent
+from common.progress import PREPARING, ProgressEvent
+from engines.media import Limits
 from engines.media.credentials import ContentSigner, load_signer
+from engines.request import AnimateRequest
 from service import metrics, tracing
 from service.contract import JobPayload
 from service.queue import JobQueue, PhaseProgress
@@ -55,19 +57,8 @@ class AnimationResult(Protocol):
 class Animator(Protocol):
     """The engine interface the worker drives (engines.pipeline.Animator)."""
 
-    def animate(
-        self,
-        source: Path,
-        driving: Path,
-        output: Path,
-        options: AnimationOptions,
-        *,
-        limits: Any = None,
-        progress: ProgressCallback | None = None,
-        should_cancel: Callable[[], bool] | None = None,
-        expression: Any = None,
-    ) -> AnimationResult:
-        """Render `output`, reporting progress and stopping when `should_cancel()` turns true."""
+    def animate(self, request: AnimateRequest) -> AnimationResult:
+        """Render `request.output`, reporting progress and stopping when `should_cancel()` turns true."""
         ...
 
 
@@ -96,7 +87,7 @@ class WorkerEngine:
     common.errors.Canceled on cancel)."""
 
     animator: Animator
-    limits: Any = None
+    limits: Limits = field(default_factory=Limits)
     editor: Editor | None = None
 
 
@@ -263,7 +254,7 @@ class JobRunner:
                 should_cancel=should_cancel,
             )
         else:
-            result = self.engine.animator.animate(
+            request = AnimateRequest(
                 source,
                 inputs["driving"],
                 work_dir / "output.mp4",
@@ -273,6 +264,7 @@ class JobRunner:
                 should_cancel=should_cancel,
                 expression=payload.expression,
             )
+            result = self.engine.animator.animate(request)
         try:  # a Redis blip here must not turn a finished render into a retry
             metrics.record_render(
                 self.queue.redis,

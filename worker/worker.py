@@ -9,7 +9,8 @@ shutdown on SIGTERM (the current job finishes; a second signal stops at once), `
 embedding in a thread, and a work loop that waits out a Redis outage instead of exiting. Each
 heartbeat also marks the running attempt alive on its job (`JobRunner.heartbeat`), which clears or
 prevents the job's `stalled` flag; the worker's work folder goes at a warm shutdown, and the folders
-of dead workers when the next one starts (worker.workarea).
+of dead workers when the next one starts (worker.workarea). With `live_slots` > 0, `main` also runs
+the live server (worker.live) beside the job loop, on the same engine.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import structlog
@@ -39,6 +40,11 @@ from service.settings import Settings, get_settings
 from service.storage import make_store
 from worker import runner as runner_module
 from worker.runner import JobRunner, WorkerEngine
+
+if TYPE_CHECKING:
+    from engines.engine import Engine
+    from engines.source_cache import SourceCache
+    from worker.live import LiveServer
 
 log = structlog.get_logger("worker")
 
@@ -282,24 +288,44 @@ class AnimationWorker(SimpleWorker):
 
 def load_engine(settings: Settings) -> WorkerEngine:
     """Load the engines once (engines.engine.load_engine from the settings' EngineConfig)."""
-    from engines.editor import Editor
+    return job_engine(settings, *load_compute(settings))
+
+
+def load_compute(settings: Settings) -> tuple[Engine, SourceCache]:
+    """The loaded engine and the cache of prepared sources, which the jobs and the live sessions share."""
     from engines.engine import load_engine as load
-    from engines.media import Limits
-    from engines.pipeline import Animator
     from engines.source_cache import SourceCache
 
     try:
         config = settings.engine_config()
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
+    return load(config), SourceCache(settings.source_cache_mb * 2**20)
+
+
+def job_engine(settings: Settings, engine: Engine, cache: SourceCache) -> WorkerEngine:
+    """The jobs' animator and editor on a loaded engine, with the input limits of the settings."""
+    from engines.editor import Editor
+    from engines.media import Limits
+    from engines.pipeline import Animator
+
     limits = Limits(
         max_pixels=max(settings.max_source_pixels, settings.max_driving_pixels),
         max_frames=settings.max_driving_frames,
         max_seconds=settings.max_driving_seconds,
     )
-    engine = load(config)
-    cache = SourceCache(settings.source_cache_mb * 2**20)
     return WorkerEngine(animator=Animator(engine), editor=Editor(engine, cache), limits=limits)
+
+
+def start_live(settings: Settings, engine: Engine, cache: SourceCache, name: str) -> LiveServer | None:
+    """The worker's live server on `engine`, started and advertised (None when live_slots is 0)."""
+    from worker.live import LiveServer
+
+    if settings.live_slots == 0:
+        return None
+    server = LiveServer(settings, engine, name=name, cache=cache)
+    server.start()
+    return server
 
 
 def build_worker(settings: Settings, engine: WorkerEngine, *, idle_poll_s: int = 5) -> AnimationWorker:
@@ -317,6 +343,11 @@ def main(settings: Settings | None = None) -> None:
 
     settings = settings or get_settings()
     configure_logging(settings)
-    engine = load_engine(settings)
-    worker = build_worker(settings, engine)
-    worker.work(logging_level=settings.log_level.upper())
+    engine, cache = load_compute(settings)
+    worker = build_worker(settings, job_engine(settings, engine, cache))
+    live = start_live(settings, engine, cache, worker.name)
+    try:
+        worker.work(logging_level=settings.log_level.upper())
+    finally:
+        if live is not None:
+            live.stop()

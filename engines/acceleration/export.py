@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import onnx
 import torch
@@ -399,21 +400,22 @@ def read_manifest(export_dir: Path) -> dict:
     return manifest
 
 
-def export_onnx_atomic(
-    model: LivePortraitModel,
-    out_dir: Path,
-    *,
-    precision: str = "fp32",
-    max_batch: int = DEFAULT_MAX_BATCH,
-    opset: int = MIN_OPSET,
-) -> Path:
+class ExportArgs(TypedDict, total=False):
+    """export_onnx's keyword arguments (its defaults apply to those left out)."""
+
+    precision: str
+    max_batch: int
+    opset: int
+
+
+def export_onnx_atomic(model: LivePortraitModel, out_dir: Path, **export: Unpack[ExportArgs]) -> Path:
     """export_onnx into a temporary sibling, then rename it to `out_dir` (a no-op if another process
     finished first). Returns `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        export_onnx(model, tmp, precision=precision, max_batch=max_batch, opset=opset)
+        export_onnx(model, tmp, **export)
         try:
             tmp.rename(out_dir)
         except OSError:

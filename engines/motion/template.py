@@ -23,29 +23,22 @@ from typing import Any, Literal
 
 import numpy as np
 
+from common.motion_template import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    FRAME_SHAPES,
+    MAX_META_BYTES,
+    META_KEY,
+    REQUIRED,
+)
 from engines.media.errors import MediaError
 
-FORMAT_NAME = "liveportrait-motion"
-FORMAT_VERSION = 1
-META_KEY = "liveportrait_meta"
-NUM_KP = 21
 MAX_TEMPLATE_FRAMES = 216_000
 MAX_TEMPLATE_BYTES = 512 * 1024 * 1024
-_MAX_META_BYTES = 64 * 1024
+_MAX_META_BYTES = MAX_META_BYTES
 _MAX_FPS = 1000.0
-
-# per-frame shape of every array; the first four are required
-_FRAME_SHAPES: dict[str, tuple[int, ...]] = {
-    "exp": (NUM_KP, 3),
-    "R": (3, 3),
-    "scale": (1,),
-    "t": (3,),
-    "kp": (NUM_KP, 3),
-    "x_s": (NUM_KP, 3),
-    "c_eyes": (2,),
-    "c_lip": (1,),
-}
-_REQUIRED = ("exp", "R", "scale", "t")
+_FRAME_SHAPES = FRAME_SHAPES  # per-frame shape of every array (common.motion_template: the format's facts)
+_REQUIRED = REQUIRED
 _TRUST_HINT = (
     "pickle files can run arbitrary code when loaded; pass --trust-pickle only for a template "
     "from a source you trust"

@@ -17,22 +17,24 @@ from typing import Any
 
 import redis
 import structlog
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from common import __version__
+from service.gateway import docs, page, problems
 from service.gateway.listing import JobIndex
 from service.gateway.middleware import BodySizeLimitMiddleware
+from service.gateway.openapi import complete_spec
 from service.gateway.ratelimit import RateLimiter
-from service.gateway.routes import health, jobs, uploads
+from service.gateway.routes import health, jobs, live, uploads
 from service.gateway.services.jobs import job_view
 from service.gateway.signing import UploadSigner
 from service.gateway.state import Gateway
-from service.metrics import RedisMetricsCollector
+from service.live import LiveRegistry
+from service.metrics import LiveMetricsCollector, RedisMetricsCollector
 from service.queue import JobQueue, JobReader, connect, connect_async
 from service.settings import Settings, get_settings
-from service.storage import StorageError, make_store
+from service.storage import make_store
 from service.tracing import TraceContextMiddleware
 from service.webhooks import WebhookDispatcher
 
@@ -75,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     secret = settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisMetricsCollector.for_queue(queue))
+    live_registry = LiveRegistry(client, settings)
+    registry.register(LiveMetricsCollector(client, queue.metrics_key, live_registry.capacity))
     limit = settings.rate_limit_per_minute
     gateway = Gateway(
         settings=settings,
@@ -109,35 +113,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Animate a portrait with the motion of a driving video.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.gateway = gateway
+    app.state.live = live_registry
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(TraceContextMiddleware)
-
-    @app.exception_handler(redis.exceptions.ConnectionError)
-    @app.exception_handler(redis.exceptions.TimeoutError)
-    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": "the job queue is unavailable; retry later"}, status_code=503)
-
-    @app.exception_handler(StorageError)
-    async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": "storage is unavailable; retry later"}, status_code=503)
+    problems.install(app)
+    docs.install(app)
+    page.install(app)
 
     app.router.routes[:0] = jobs.read_routes
     app.include_router(jobs.router)
     app.include_router(uploads.router)
+    app.include_router(live.router)
     app.include_router(health.router)
 
     fastapi_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
-        """FastAPI's schema plus the models only referenced from hand-written request bodies."""
+        """FastAPI's schema, completed to say what the gateway enforces (service.gateway.openapi)."""
         if app.openapi_schema is None:
-            schema = fastapi_openapi()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for name, model_schema in jobs.extra_schemas().items():
-                components.setdefault(name, model_schema)
-            app.openapi_schema = schema
+            app.openapi_schema = complete_spec(fastapi_openapi(), settings)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

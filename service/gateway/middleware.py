@@ -1,8 +1,9 @@
 """ASGI middleware bounding the size of request bodies while they stream in."""
 
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.gateway.problems import problem_response
 
 
 class RequestTooLarge(HTTPException):
@@ -61,7 +62,7 @@ class BodySizeLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = RequestTooLarge(self.max_bytes).detail
-        response = JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})
+        response = problem_response(scope.get("path"), 413, detail, headers={"Connection": "close"})
         await response(scope, receive, send)
 
 

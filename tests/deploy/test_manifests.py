@@ -577,14 +577,8 @@ def env_values(target: str) -> dict[str, str]:
     return values
 
 
-TARGETS = ("gateway", "worker", "worker-cpu")
-WORKERS = ("worker", "worker-cpu")
+TARGETS = ("gateway", "worker")
 JEMALLOC = "/usr/local/lib/libjemalloc.so.2"
-
-
-def role(target: str) -> str:
-    """What the image runs: `gateway` or `worker` (the CPU worker is the worker on another base)."""
-    return target.removesuffix("-cpu")
 
 
 def resolve(text: str) -> str:
@@ -594,11 +588,24 @@ def resolve(text: str) -> str:
     return text
 
 
-def test_dockerfile_has_gateway_and_worker_targets():
+def stage_arguments(stage: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """A stage's ARGs as a build sees them: --build-arg values, else defaults (may name earlier ARGs)."""
+    values: dict[str, str] = {}
+    for rest in [rest for op, rest in STAGES[stage]["steps"] if op == "ARG"]:
+        name, _, default = rest.partition("=")
+        value = (overrides or {}).get(name) or default or ARGS.get(name, "")
+        values[name] = re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), ""), value)
+    return values
+
+
+def test_dockerfile_targets_share_the_python_base():
     assert set(TARGETS) <= set(STAGES)
-    assert STAGES["gateway"]["from"].startswith("python:3.11-slim")
-    assert STAGES["worker"]["from"].startswith(("nvidia/cuda:", "nvcr.io/nvidia/"))
-    assert STAGES["worker-cpu"]["from"] == STAGES["gateway"]["from"]
+    for target in TARGETS:
+        images = {STAGES[name]["from"] for name in stage_closure(target)} - set(STAGES) - {"scratch"}
+        assert images == {ARGS["PYTHON_IMAGE"]}, target
+    assert ARGS["PYTHON_IMAGE"].startswith("python:3.11-slim")
+    # No CUDA base image: the CUDA wheels bring the libraries, the NVIDIA Container Toolkit the driver.
+    assert "compute" in env_values("worker")["NVIDIA_DRIVER_CAPABILITIES"].split(",")
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -607,7 +614,7 @@ def test_dockerfile_target_runs_as_the_manifests_non_root_user(target: str):
     assert users, f"{target} runs as root"
     user = resolve(users[-1]).split(":")[0]
     assert user.isdigit() and int(user) != 0, "a numeric non-root uid lets Kubernetes verify runAsNonRoot"
-    deployment = one(base_objects(), "Deployment", f"liveportrait-{role(target)}")
+    deployment = one(base_objects(), "Deployment", f"liveportrait-{target}")
     assert pod_spec(deployment)["securityContext"]["runAsUser"] == int(user)
 
 
@@ -617,9 +624,9 @@ def test_dockerfile_target_has_healthcheck_and_command(target: str):
     match = re.search(r"CMD\s+(\[.*\])", healthcheck)
     assert match is not None, healthcheck
     command = match.group(1)
-    assert yaml.safe_load(command) == ["liveportrait-healthcheck", role(target)]
+    assert yaml.safe_load(command) == ["liveportrait-healthcheck", target]
     assert any(rest.endswith(" /usr/local/bin/liveportrait-healthcheck") for rest in steps(target, "COPY"))
-    assert yaml.safe_load(final_steps(target, "CMD")[-1]) == ["liveportrait", role(target)]
+    assert yaml.safe_load(final_steps(target, "CMD")[-1]) == ["liveportrait", target]
 
 
 def pip_installs(target: str) -> list[str]:
@@ -637,13 +644,37 @@ def test_gateway_image_installs_no_torch():
     assert not {"engines", "worker"} & copied, "the gateway installs only common, service and liveportrait"
 
 
-@pytest.mark.parametrize(("target", "index"), [("worker", "/whl/cu"), ("worker-cpu", "/whl/cpu")])
-def test_worker_image_installs_its_torch_build_and_declares_volumes(target: str, index: str):
-    runs = " ".join(steps(target, "RUN"))
+def worker_build_arguments(service: str) -> dict[str, str]:
+    """The worker build's ARGs for a compose service (its build args over the Dockerfile's defaults)."""
+    build = SERVICES[service]["build"]
+    assert build["target"] == "worker", service
+    return stage_arguments("worker-build", build.get("args"))
+
+
+@pytest.mark.parametrize(("service", "variant"), [("worker-gpu", "cu130"), ("worker-cpu", "cpu")])
+def test_compose_worker_builds_its_torch_variant(service: str, variant: str):
+    arguments = worker_build_arguments(service)
+    assert arguments["TORCH_VERSION"] == ARGS["TORCH_VERSION"]
+    assert arguments["TORCH_INDEX_URL"] == f"https://download.pytorch.org/whl/{variant}"
+    extras = arguments["WORKER_EXTRAS"].split(",")
+    assert "worker" in extras
+    assert ("tensorrt" in extras) == (variant != "cpu"), "TensorRT only where there is CUDA"
+
+
+def test_worker_build_installs_torch_from_its_index_and_checks_its_cuda():
+    runs = " ".join(steps("worker", "RUN"))
     assert re.search(r'pip install --index-url "\$\{TORCH_INDEX_URL\}" "torch==\$\{TORCH_VERSION\}"', runs)
-    arguments = dict(rest.partition("=")[::2] for rest in steps(target, "ARG"))
-    assert arguments["TORCH_INDEX_URL"].startswith("https://download.pytorch.org" + index)
-    assert ARGS["TORCH_VERSION"]
+    assert "(torch.version.cuda is None) == ('${TORCH_VARIANT}' == 'cpu')" in runs
+    assert '".[${WORKER_EXTRAS}]"' in " ".join(pip_installs("worker"))
+    pin = re.search(r'"torch>=([\d.]+),<([\d.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pin is not None, "pyproject.toml pins torch as a range"
+    lower, upper = (tuple(int(n) for n in bound.split(".")) for bound in pin.groups())
+    version = tuple(int(n) for n in ARGS["TORCH_VERSION"].split("."))
+    assert lower <= version < upper, "TORCH_VERSION within pyproject.toml's range"
+
+
+def test_worker_image_declares_its_volumes():
+    target = "worker"
     volumes = yaml.safe_load(final_steps(target, "VOLUME")[-1])
     env = env_values(target)
     assert {env["LIVEPORTRAIT_WEIGHTS_DIR"], env["LIVEPORTRAIT_ENGINE_CACHE_DIR"]} <= set(volumes)
@@ -652,20 +683,11 @@ def test_worker_image_installs_its_torch_build_and_declares_volumes(target: str,
     assert env["LIVEPORTRAIT_ENGINE_CACHE_DIR"] == manifests["LIVEPORTRAIT_ENGINE_CACHE_DIR"]
 
 
-@pytest.mark.parametrize("target", WORKERS)
-def test_worker_allocates_with_jemalloc(target: str):
-    assert env_values(target)["LD_PRELOAD"] == JEMALLOC
-    (setup,) = [rest for rest in final_steps(target, "RUN") if "apt-get install" in rest]
+def test_worker_allocates_with_jemalloc():
+    assert env_values("worker")["LD_PRELOAD"] == JEMALLOC
+    (setup,) = [rest for rest in final_steps("worker", "RUN") if "apt-get install" in rest]
     assert "libjemalloc2" in setup.split()
     assert f"ln -s \"$(dpkg -L libjemalloc2 | grep '/libjemalloc\\.so\\.2$')\" {JEMALLOC}" in setup
-
-
-def test_compose_cpu_worker_builds_the_cpu_target():
-    (cpu,) = [
-        w for w in services_running("liveportrait", "worker") if "cpu" in SERVICES[w].get("profiles", [])
-    ]
-    assert SERVICES[cpu]["build"]["target"] == "worker-cpu"
-    assert "args" not in SERVICES[cpu]["build"]
 
 
 def dockerignore_excludes(path: str, patterns: list[str]) -> bool:

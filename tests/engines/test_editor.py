@@ -23,6 +23,7 @@ from engines.media import Limits, read_image, write_image, write_test_video
 from engines.motion.expression import REST, expression_edit
 from engines.motion.transfer import DrivingMotion, MotionTransfer, SourceMotion
 from engines.pipeline import Animator
+from engines.request import AnimateRequest
 from engines.source import EngineError
 from engines.source_cache import SourceCache
 from tests.engines.factory import cpu_engine
@@ -121,13 +122,15 @@ def test_offsets_on_a_driven_job_change_its_frames(engine, source, tmp_path):
     write_test_video(driving, head_motion_frames(portrait(), 1), with_audio=False)
     animator = Animator(engine)
     options = AnimationOptions(source_max_dim=400)
-    plain = animator.animate(source, driving, tmp_path / "plain.mp4", options)
+    plain = animator.animate(AnimateRequest(source, driving, tmp_path / "plain.mp4", options))
     offset = animator.animate(
-        source,
-        driving,
-        tmp_path / "offset.mp4",
-        options,
-        expression=ExpressionControls(smile=1.2, pitch=10.0),
+        AnimateRequest(
+            source,
+            driving,
+            tmp_path / "offset.mp4",
+            options,
+            expression=ExpressionControls(smile=1.2, pitch=10.0),
+        )
     )
     assert plain.frames == offset.frames == 1
     a, b = (decoded_frames(r.output)[0].astype(int) for r in (plain, offset))
@@ -164,15 +167,19 @@ def test_target_ratios_need_landmarks_and_offsets_an_image_source(engine, source
     write_test_video(video, [cv2.resize(portrait(), (128, 128))] * 2, with_audio=False)
     with pytest.raises(EngineError) as err:
         Animator(engine).animate(
-            video, video, tmp_path / "x.mp4", AnimationOptions(), expression=ExpressionControls(smile=1.0)
+            AnimateRequest(
+                video, video, tmp_path / "x.mp4", AnimationOptions(), expression=ExpressionControls(smile=1.0)
+            )
         )
     assert err.value.code == "unsupported_input"
     with pytest.raises(EngineError) as err:
         Animator(engine).animate(
-            source,
-            video,
-            tmp_path / "x.mp4",
-            AnimationOptions(flag_relative_motion=False),
-            expression=ExpressionControls(smile=1.0),
+            AnimateRequest(
+                source,
+                video,
+                tmp_path / "x.mp4",
+                AnimationOptions(flag_relative_motion=False),
+                expression=ExpressionControls(smile=1.0),
+            )
         )
     assert err.value.code == "invalid_options"

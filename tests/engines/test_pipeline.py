@@ -21,6 +21,7 @@ from engines.demo import head_motion_frames, portrait, write_demo_inputs
 from engines.media import VideoWriter, read_image, write_image, write_test_video
 from engines.motion.template import load_template
 from engines.pipeline import Animator
+from engines.request import AnimateRequest
 from engines.source import EngineError
 from liveportrait.cli import main
 from tests.engines.factory import cpu_animator
@@ -65,7 +66,9 @@ def test_driving_image_gives_a_png(tmp_path, animator):
     write_image(driving, next(head_motion_frames(portrait(), 4)))
     source = tmp_path / "source.jpg"
     write_image(source, portrait())
-    result = animator.animate(source, driving, tmp_path / "out.mp4", AnimationOptions(output_kind="crop"))
+    result = animator.animate(
+        AnimateRequest(source, driving, tmp_path / "out.mp4", AnimationOptions(output_kind="crop"))
+    )
     assert result.output.suffix == ".png" and result.content_type == "image/png"
     assert read_image(result.output).shape == (512, 512, 3)
 
@@ -76,8 +79,8 @@ def test_motion_template_round_trip_drives_the_same_frames(tmp_path, weights, an
     assert main(["motion", "extract", str(driving), "-o", str(template), "--weights", str(weights)]) == 0
     assert load_template(template).exp.shape == (2, 21, 3)
     options = AnimationOptions(output_kind="crop", audio="none")
-    from_video = animator.animate(source, driving, tmp_path / "a.mp4", options)
-    from_template = animator.animate(source, template, tmp_path / "b.mp4", options)
+    from_video = animator.animate(AnimateRequest(source, driving, tmp_path / "a.mp4", options))
+    from_template = animator.animate(AnimateRequest(source, template, tmp_path / "b.mp4", options))
     assert from_video.frames == from_template.frames == 2
     with av.open(str(from_video.output)) as a, av.open(str(from_template.output)) as b:
         fa = [f.to_ndarray(format="rgb24") for f in a.decode(video=0)]
@@ -85,14 +88,20 @@ def test_motion_template_round_trip_drives_the_same_frames(tmp_path, weights, an
     assert all(np.array_equal(x, y) for x, y in zip(fa, fb, strict=True))
 
 
-def test_side_by_side_and_video_source(tmp_path, animator):
-    frames = list(head_motion_frames(portrait(), 2, size=256))
-    source = tmp_path / "source.mp4"
+def video_source_and_driving(out_dir: Path, n: int, size: int) -> tuple[Path, Path]:
+    """A head-motion clip of n frames (size px, 10 fps) as the driving video (with audio), and the
+    same clip reversed as a source video."""
+    frames = list(head_motion_frames(portrait(), n, size=size))
+    source, driving = out_dir / "source.mp4", out_dir / "driving.mp4"
     write_test_video(source, frames[::-1], fps=10.0, with_audio=False)
-    driving = tmp_path / "driving.mp4"
     write_test_video(driving, frames, fps=10.0, with_audio=True)
+    return source, driving
+
+
+def test_side_by_side_and_video_source(tmp_path, animator):
+    source, driving = video_source_and_driving(tmp_path, 2, 256)
     result = animator.animate(
-        source, driving, tmp_path / "out.mp4", AnimationOptions(output_kind="side_by_side")
+        AnimateRequest(source, driving, tmp_path / "out.mp4", AnimationOptions(output_kind="side_by_side"))
     )
     assert (result.frames, result.width, result.height) == (2, 3 * 512, 512)
 
@@ -102,14 +111,16 @@ def test_no_face_is_a_clear_error(tmp_path, animator):
     write_image(source, np.full((256, 256, 3), 128, np.uint8))
     _, driving = write_demo_inputs(tmp_path, n_frames=1)
     with pytest.raises(EngineError) as err:
-        animator.animate(source, driving, tmp_path / "out.mp4", AnimationOptions())
+        animator.animate(AnimateRequest(source, driving, tmp_path / "out.mp4", AnimationOptions()))
     assert err.value.code == "no_face"
 
 
 def test_landmark_options_refuse_without_landmark_models(tmp_path, animator):
     source, driving = write_demo_inputs(tmp_path, n_frames=1)
     with pytest.raises(EngineError) as err:
-        animator.animate(source, driving, tmp_path / "out.mp4", AnimationOptions(flag_eye_retargeting=True))
+        animator.animate(
+            AnimateRequest(source, driving, tmp_path / "out.mp4", AnimationOptions(flag_eye_retargeting=True))
+        )
     assert err.value.code == "landmarks_required"
     assert "flag_eye_retargeting" in err.value.message
 
@@ -171,7 +182,7 @@ def test_pipelined_job_equals_the_sequential_one(tmp_path, stand_in_animator, in
         events: list[ProgressEvent] = []
         animator = stand_in_animator(pipelined=pipelined)
         result = animator.animate(
-            source, driving, tmp_path / f"{pipelined}.mp4", options, progress=events.append
+            AnimateRequest(source, driving, tmp_path / f"{pipelined}.mp4", options, progress=events.append)
         )
         assert result.frames == 5
         # each phase on entry, then frames as M reads them (batch 2) and as W and G render them
@@ -188,17 +199,15 @@ def test_pipelined_job_equals_the_sequential_one(tmp_path, stand_in_animator, in
 
 
 def test_video_source_pipelined_equals_sequential(tmp_path, stand_in_animator):
-    frames = list(head_motion_frames(portrait(), 5, size=320))
-    source = tmp_path / "source.mp4"
-    write_test_video(source, frames[::-1], fps=10.0, with_audio=False)
-    driving = tmp_path / "driving.mp4"
-    write_test_video(driving, frames, fps=10.0, with_audio=True)
+    source, driving = video_source_and_driving(tmp_path, 5, 320)
     events: list[ProgressEvent] = []
     outputs = [
         read_frames(
             stand_in_animator(pipelined=pipelined)
             .animate(
-                source, driving, tmp_path / f"{pipelined}.mp4", AnimationOptions(), progress=events.append
+                AnimateRequest(
+                    source, driving, tmp_path / f"{pipelined}.mp4", AnimationOptions(), progress=events.append
+                )
             )
             .output
         )
@@ -218,7 +227,7 @@ def test_paste_back_on_the_device_gives_the_host_frames(tmp_path, stand_in_anima
     outputs = [
         read_frames(
             stand_in_animator(compose_on_device=on_device)
-            .animate(source, driving, tmp_path / f"{on_device}.mp4", AnimationOptions())
+            .animate(AnimateRequest(source, driving, tmp_path / f"{on_device}.mp4", AnimationOptions()))
             .output
         )
         for on_device in (False, True)
@@ -260,7 +269,9 @@ def test_an_encoder_failure_fails_the_job_and_leaves_no_file(
     source, driving = inputs
     out = tmp_path / "out.mp4"
     with pytest.raises(OSError, match="No space left"):
-        stand_in_animator(pipelined=pipelined).animate(source, driving, out, AnimationOptions())
+        stand_in_animator(pipelined=pipelined).animate(
+            AnimateRequest(source, driving, out, AnimationOptions())
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -276,7 +287,13 @@ def test_cancel_between_batches_stops_the_pipelined_job(tmp_path, stand_in_anima
     animator.engine.model.render = render
     with pytest.raises(Canceled):
         animator.animate(
-            source, driving, tmp_path / "out.mp4", AnimationOptions(), should_cancel=lambda: bool(rendered)
+            AnimateRequest(
+                source,
+                driving,
+                tmp_path / "out.mp4",
+                AnimationOptions(),
+                should_cancel=lambda: bool(rendered),
+            )
         )
     assert rendered == [2]  # canceled at the check after the first batch
     assert list(tmp_path.iterdir()) == []

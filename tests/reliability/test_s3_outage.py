@@ -9,6 +9,8 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,7 +18,7 @@ import pytest
 
 from service.queue import JobQueue, connect
 from service.settings import Settings
-from service.storage import S3Store, StorageUnavailable, make_store, put_with_retries
+from service.storage import S3Store, StorageUnavailable, Store, make_store, put_with_retries
 from tests.reliability.harness import TcpProxy, s3_client, s3_keys, submit, wait_for_job
 from tests.waiting import wait_until
 from tests.worker.doubles import FakeAnimator, Hold, fake_engine, running_worker
@@ -60,17 +62,44 @@ def wait_for_refusals(proxy: TcpProxy, count: int, what: str) -> None:
     wait_until(lambda: proxy.refused >= start + count, 20, what)
 
 
+@dataclass
+class HeldWorker:
+    """A worker whose S3 traffic goes through the proxy, its engine held at frame 4 until released."""
+
+    settings: Settings
+    queue: JobQueue
+    direct: Store  # straight to moto, bypassing the proxy
+    hold: Hold
+    moto_endpoint: str
+
+    def bucket_state(self, prefix: str) -> tuple[list[str], list[str]]:
+        return bucket_state(self.moto_endpoint, self.settings.s3_bucket, prefix)
+
+
+StartHeldWorker = Callable[[float], AbstractContextManager[HeldWorker]]
+
+
+@pytest.fixture
+def held_worker(s3_via_proxy: Callable[..., Settings], moto_endpoint: str) -> StartHeldWorker:
+    """`held_worker(window_s)`: a running worker (storage_retry_window_s=window_s) and its Hold."""
+
+    @contextmanager
+    def start(window_s: float) -> Iterator[HeldWorker]:
+        settings = s3_via_proxy(storage_retry_window_s=window_s)
+        direct = make_store(settings.model_copy(update={"s3_endpoint_url": moto_endpoint}))
+        queue = JobQueue(connect(settings), settings)
+        held = HeldWorker(settings, queue, direct, Hold(frames=4), moto_endpoint)
+        with running_worker(settings, fake_engine(FakeAnimator(hold=held.hold))), held.hold:
+            yield held
+
+    return start
+
+
 def test_s3_outages_within_the_retry_window_are_ridden_out(
-    s3_via_proxy: Callable[..., Settings],
-    proxy: TcpProxy,
-    moto_endpoint: str,
-    media: dict[str, Path],
+    held_worker: StartHeldWorker, proxy: TcpProxy, media: dict[str, Path]
 ) -> None:
-    settings = s3_via_proxy(storage_retry_window_s=20)
-    queue = JobQueue(connect(settings), settings)
-    direct = make_store(settings.model_copy(update={"s3_endpoint_url": moto_endpoint}))
-    hold = Hold(frames=4)
-    with running_worker(settings, fake_engine(FakeAnimator(hold=hold))), hold:
+    with held_worker(20) as held:
+        queue, direct, hold = held.queue, held.direct, held.hold
         proxy.disable()
         job_id = submit(queue, direct, media["face"], media["driving"])
         wait_for_refusals(proxy, 3, "the worker to retry the input download")
@@ -85,20 +114,14 @@ def test_s3_outages_within_the_retry_window_are_ridden_out(
         record = wait_for_job(queue, job_id)
     assert during is not None and (during.status, during.result_key) == ("running", None)
     assert (record.status, record.attempts, record.result_frames) == ("succeeded", 1, 16)
-    assert bucket_state(moto_endpoint, settings.s3_bucket, "results/") == ([record.result_key], [])
+    assert held.bucket_state("results/") == ([record.result_key], [])
 
 
 def test_s3_outage_beyond_the_retry_window_fails_storage_unavailable(
-    s3_via_proxy: Callable[..., Settings],
-    proxy: TcpProxy,
-    moto_endpoint: str,
-    media: dict[str, Path],
+    held_worker: StartHeldWorker, proxy: TcpProxy, media: dict[str, Path]
 ) -> None:
-    settings = s3_via_proxy(storage_retry_window_s=2)
-    queue = JobQueue(connect(settings), settings)
-    direct = make_store(settings.model_copy(update={"s3_endpoint_url": moto_endpoint}))
-    hold = Hold(frames=4)
-    with running_worker(settings, fake_engine(FakeAnimator(hold=hold))), hold:
+    with held_worker(2) as held:
+        queue, direct, hold = held.queue, held.direct, held.hold
         job_id = submit(queue, direct, media["face"], media["driving"])
         wait_for_job(queue, job_id, lambda r: r.frames_done == 4)  # held mid-render
         proxy.disable()
@@ -107,7 +130,7 @@ def test_s3_outage_beyond_the_retry_window_fails_storage_unavailable(
         proxy.enable()
     assert (record.status, record.error_code, record.result_key) == ("failed", "storage_unavailable", None)
     assert record.error_message is not None and "unreachable for 2 s" in record.error_message
-    assert bucket_state(moto_endpoint, settings.s3_bucket, f"results/{job_id}/") == ([], [])
+    assert held.bucket_state(f"results/{job_id}/") == ([], [])
 
 
 def test_multipart_upload_cut_midway_is_retried_and_leaves_no_parts(

@@ -9,7 +9,8 @@ retry backoff 1 s).
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -33,10 +34,15 @@ RENDER_DELAY_S = 0.25
 process cannot be stopped mid-render with a doubles.Hold, which works within one process only)."""
 
 
-class S3Env(Protocol):
-    """The `s3_env` fixture: settings with `job_retries` on a fresh bucket, their queue and store."""
+Spawn = Callable[..., WorkerProcess]
+CrashEnv = tuple[Settings, JobQueue, Store, Spawn]
 
-    def __call__(self, job_retries: int) -> tuple[Settings, JobQueue, Store]: ...
+
+class S3Env(Protocol):
+    """The `s3_env` fixture: settings with `job_retries` on a fresh bucket, their queue and store,
+    and `spawn` for worker processes (all killed when the block ends)."""
+
+    def __call__(self, job_retries: int) -> AbstractContextManager[CrashEnv]: ...
 
 
 def s3_keys(settings: Settings, prefix: str) -> list[str]:
@@ -73,12 +79,15 @@ def rq_state(queue: JobQueue, worker: WorkerProcess) -> str | None:
 
 
 @pytest.fixture
-def s3_env(fast_settings: Callable[..., Settings], s3_bucket: str) -> S3Env:
-    """`s3_env(job_retries)`: fast-recovery settings on a fresh moto bucket, their queue and their store."""
+def s3_env(fast_settings: Callable[..., Settings], s3_bucket: str, tmp_path: Path) -> S3Env:
+    """`with s3_env(job_retries) as (settings, queue, store, spawn)`: fast-recovery settings on a fresh
+    moto bucket, their queue and store, and worker processes logging to tmp_path."""
 
-    def build(job_retries: int) -> tuple[Settings, JobQueue, Store]:
+    @contextmanager
+    def build(job_retries: int) -> Iterator[CrashEnv]:
         settings = fast_settings(storage_backend="s3", s3_bucket=s3_bucket, job_retries=job_retries)
-        return settings, *queue_and_store(settings)
+        with worker_processes(settings, tmp_path) as spawn:
+            yield settings, *queue_and_store(settings), spawn
 
     return build
 
@@ -86,8 +95,7 @@ def s3_env(fast_settings: Callable[..., Settings], s3_bucket: str) -> S3Env:
 def test_killed_worker_job_is_requeued_and_finished_by_another_worker(
     s3_env: S3Env, media: dict[str, Path], tmp_path: Path
 ) -> None:
-    settings, queue, store = s3_env(job_retries=2)
-    with worker_processes(settings, tmp_path) as spawn:
+    with s3_env(job_retries=2) as (settings, queue, store, spawn):
         first, job_id = job_under_way(spawn, queue, store, media)
         first.kill()
         second = spawn("worker-b")
@@ -104,11 +112,8 @@ def test_killed_worker_job_is_requeued_and_finished_by_another_worker(
     assert rerun.worker == second.name, "attempt 2 ran on the worker started after the kill"
 
 
-def test_job_fails_worker_lost_once_retries_are_spent(
-    s3_env: S3Env, media: dict[str, Path], tmp_path: Path
-) -> None:
-    settings, queue, store = s3_env(job_retries=1)
-    with worker_processes(settings, tmp_path) as spawn:
+def test_job_fails_worker_lost_once_retries_are_spent(s3_env: S3Env, media: dict[str, Path]) -> None:
+    with s3_env(job_retries=1) as (settings, queue, store, spawn):
         job_id = submit(queue, store, media["face"], media["driving"])
         for name in ("worker-a", "worker-b"):
             kill_mid_job(spawn(name, frame_delay=RENDER_DELAY_S), queue, job_id)
@@ -121,10 +126,9 @@ def test_job_fails_worker_lost_once_retries_are_spent(
 
 
 def test_stalled_worker_cannot_overwrite_the_attempt_that_replaced_it(
-    s3_env: S3Env, media: dict[str, Path], tmp_path: Path
+    s3_env: S3Env, media: dict[str, Path]
 ) -> None:
-    settings, queue, store = s3_env(job_retries=2)
-    with worker_processes(settings, tmp_path) as spawn:
+    with s3_env(job_retries=2) as (settings, queue, store, spawn):
         stalled, job_id = job_under_way(spawn, queue, store, media)
         stalled.signal(signal.SIGSTOP)
         replacement = spawn("worker-b")

@@ -72,7 +72,7 @@ def test_json_jobs_take_the_same_controls(gw: Gw) -> None:
     body["expression"] = {"smirk": 1}
     refused = httpx.post(f"{gw.url}/v1/jobs", json=body, timeout=10)
     assert refused.status_code == 422
-    assert refused.json()["detail"][0]["loc"] == ["body", "expression", "smirk"]
+    assert refused.json()["errors"][0]["loc"] == ["body", "expression", "smirk"]
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_refused_controls_are_422(
 ) -> None:
     response = gw.post(data, driving=driving)
     assert response.status_code == 422, response.text
-    error = response.json()["detail"][0]
+    error = response.json()["errors"][0]
     assert error["type"] == kind, error
     if loc is not None:
         assert error["loc"] == loc, error

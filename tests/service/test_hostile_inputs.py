@@ -172,7 +172,7 @@ def _hostile_parts(media: Media, marker: Path) -> list[tuple[str, str, str, byte
     return [
         ("exe renamed .jpg", "source", "photo.jpg", b"MZ\x90\x00" + bytes(range(256)) * 8, 415, None),
         ("script renamed .jpg", "source", "photo.jpg", b"#!/bin/sh\nrm -rf /\n" * 20, 415, None),
-        ("pickled motion template", "driving", "motion.pkl", pickle.dumps(_Trap(marker)), 415, None),
+        ("pickled motion template", "driving", "motion.pkl", pickle.dumps(_Trap(marker)), 422, "bad_template"),
         ("truncated JPEG", "source", "face.jpg", jpeg[: len(jpeg) * 2 // 3], 422, "corrupt_media"),
         (
             "truncated MP4",
@@ -225,11 +225,13 @@ def test_hostile_files_are_refused_from_their_bytes(
             response = client.post("/v1/jobs", files=files)
             assert decoders == [], (case, f"the gateway opened a decoder: {decoders}")
             assert response.status_code == status, (case, response.text)
-            detail = response.json()["detail"]
+            problem = response.json()
             if code is None:
-                assert f"'{name}' is not an image or video" in detail, (case, detail)
+                assert f"'{name}' is not an image or video" in problem["detail"], (case, problem)
             else:
-                assert detail[0]["type"] == code and detail[0]["loc"] == ["body", name], (case, detail)
+                error = problem["errors"][0]
+                assert problem["code"] == code, (case, problem)
+                assert error["type"] == code and error["loc"] == ["body", name], (case, problem)
             gw.assert_up_and_nothing_queued()
         good = client.post(
             "/v1/jobs", files={"source": ("f.jpg", media.face_jpeg), "driving": ("d", media.driving)}
@@ -248,7 +250,7 @@ def test_hostile_direct_uploads_are_refused(gw: Gw, media: Media, tmp_path: Path
             response = httpx.post(grant["url"], data=grant["fields"], files={"file": (filename, content)})
             assert response.status_code == status, (case, response.text)
             if code is not None:
-                assert response.json()["detail"][0]["type"] == code, case
+                assert response.json()["errors"][0]["type"] == code, case
             body = {"source": {"upload_id": grant["upload_id"]}, "driving": {"url": PUBLIC_URL}}
             missing = client.post("/v1/jobs", json=body)
             assert missing.status_code == 422 and "not found" in missing.text, case
@@ -268,8 +270,8 @@ def test_upload_ids_are_checked_again_at_submission(gw: Gw, media: Media) -> Non
             body = {"source": {"upload_id": source}, "driving": {"url": PUBLIC_URL}}
             response = client.post("/v1/jobs", json=body)
             assert response.status_code == 422, response.text
-            assert response.json()["detail"][0]["type"] == code
-            assert response.json()["detail"][0]["loc"] == ["body", "source", "upload_id"]
+            assert response.json()["errors"][0]["type"] == code
+            assert response.json()["errors"][0]["loc"] == ["body", "source", "upload_id"]
             gw.assert_up_and_nothing_queued()
 
 
@@ -300,7 +302,7 @@ def test_ssrf_urls_are_refused(gw: Gw, url: str) -> None:
             body = {"source": {"url": PUBLIC_URL}, "driving": {"url": PUBLIC_URL}, name: {"url": url}}
             response = client.post("/v1/jobs", json=body)
             assert response.status_code == 422, response.text
-            error = response.json()["detail"][0]
+            error = response.json()["errors"][0]
             assert error["type"] == "url_refused" and error["loc"] == ["body", name, "url"], error
     gw.assert_up_and_nothing_queued()
 
@@ -326,7 +328,7 @@ def test_options_out_of_range_name_the_field(gw: Gw, media: Media, options: dict
         as_form = client.post("/v1/jobs", files=files, data={"options": json.dumps(options)})
     for response in (as_json, as_form):
         assert response.status_code == 422, response.text
-        assert response.json()["detail"][0]["loc"] == ["body", "options", field], response.json()
+        assert response.json()["errors"][0]["loc"] == ["body", "options", field], response.json()
     gw.assert_up_and_nothing_queued()
 
 
@@ -348,7 +350,9 @@ def test_malformed_json_is_4xx(gw: Gw, body: bytes) -> None:
     with gw.client() as client:
         response = client.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code in (400, 422), response.text
-    assert isinstance(response.json()["detail"], list | str)
+    problem = response.json()
+    assert response.headers["content-type"] == "application/problem+json", response.headers
+    assert problem["code"] == "invalid_request" and problem["errors"], problem
     gw.assert_up_and_nothing_queued()
 
 
@@ -455,7 +459,7 @@ def test_undecidable_inputs_fail_the_job_with_a_code_and_the_worker_goes_on(
     driving.write_bytes(media.driving)
     cases: list[tuple[tuple[Input, Input], str]] = [
         ((blank, driving), "no_face"),
-        ((f"{base}/face.png", f"{base}/motion.pkl"), "unsupported_media"),
+        ((f"{base}/face.png", f"{base}/motion.pkl"), "bad_template"),
         ((f"{base}/photo.jpg", f"{base}/driving.mp4"), "unsupported_media"),
         ((f"{base}/missing.png", f"{base}/driving.mp4"), "fetch_failed"),
     ]

@@ -44,8 +44,9 @@ def test_grant_then_receive(gateway: Gateway, face: bytes) -> None:
     assert set(grant.fields) == {"expires", "max_bytes", "signature"}
     upload_service.receive(gateway, grant.upload_id, {**grant.fields, "file": part(face)})
     assert gateway.store.size(f"uploads/{grant.upload_id}") == len(face)
-    with pytest.raises(TooLarge, match=f"at most {LIMIT} bytes"):
+    with pytest.raises(InvalidRequest, match=f"at most {LIMIT} bytes") as refused:
         upload_service.grant(gateway, BASE, size_bytes=LIMIT + 1)
+    assert refused.value.code == "too_large"
 
 
 def test_receive_refuses_forged_grants_and_bad_files(gateway: Gateway, face: bytes) -> None:

@@ -192,8 +192,8 @@ def test_webhook_submissions_are_checked(
     strict = gateway_server(make_settings(webhook_secret=SECRET))
     no_secret = gateway_server(make_settings())
     private = submit(strict, {"url": "http://127.0.0.1:9/hooks"})
-    assert private.status_code == 422 and private.json()["detail"][0]["type"] == "url_refused"
+    assert private.status_code == 422 and private.json()["errors"][0]["type"] == "url_refused"
     for bad in ({"url": "ftp://example.com/x"}, {"url": "http://example.com", "events": ["job.queued"]}):
         assert submit(strict, bad).status_code == 422, bad
     refused = submit(no_secret, {"url": "https://example.com/hooks"})
-    assert refused.status_code == 422 and refused.json()["detail"][0]["type"] == "webhooks_disabled"
+    assert refused.status_code == 422 and refused.json()["errors"][0]["type"] == "webhooks_disabled"

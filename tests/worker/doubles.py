@@ -13,26 +13,24 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
 
 from common.errors import Canceled, LivePortraitError
-from common.options import AnimationOptions
 from common.progress import (
     EXTRACTING_MOTION,
     FINALIZING,
     PREPARING,
     RENDERING,
-    ProgressCallback,
     ProgressEvent,
 )
+from engines.request import AnimateRequest
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from service.storage import Store, make_store
@@ -165,19 +163,10 @@ class FakeAnimator:
         self.hold = hold
         self.calls = 0
 
-    def animate(
-        self,
-        source: Path,
-        driving: Path,
-        output: Path,
-        options: AnimationOptions,
-        *,
-        limits: Any = None,
-        progress: ProgressCallback | None = None,
-        should_cancel: Callable[[], bool] | None = None,
-        expression: Any = None,
-    ) -> FakeResult:
+    def animate(self, request: AnimateRequest) -> FakeResult:
         """Write `output` with one frame per driving frame at the driving fps (`expression` is ignored)."""
+        source, driving, output = request.source, request.driving, request.output
+        progress, should_cancel = request.progress, request.should_cancel
         self.calls += 1
         if self.fail_times > 0:
             self.fail_times -= 1

@@ -3,6 +3,7 @@ results read back with c2pa-python's Reader; the worker refuses bad certificates
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from engines.media.credentials import JOB_ID, TRAINED_ALGORITHMIC_MEDIA, CredentialsError
+from engines.request import AnimateRequest
 from service.client import Client
 from service.settings import Settings
 from tests.signing_ca import active_manifest, c2pa_store, created_action, make_chain
@@ -88,8 +90,8 @@ def test_an_expired_certificate_stops_the_worker_at_start(make_settings, tmp_pat
 class MatroskaAnimator(FakeAnimator):
     """FakeAnimator writing Matroska instead of MP4: a real video that C2PA cannot carry."""
 
-    def animate(self, source: Path, driving: Path, output: Path, *args: Any, **kwargs: Any) -> FakeResult:
-        return super().animate(source, driving, Path(output).with_suffix(".mkv"), *args, **kwargs)
+    def animate(self, request: AnimateRequest) -> FakeResult:
+        return super().animate(dataclasses.replace(request, output=Path(request.output).with_suffix(".mkv")))
 
 
 @pytest.mark.e2e

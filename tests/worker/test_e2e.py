@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from engines.demo import head_motion_frames, portrait
 from service.client import Client
 from service.contract import Job
 from service.settings import Settings
@@ -187,8 +188,6 @@ def test_the_worker_engine_follows_the_settings(real_engine: WorkerEngine, tmp_p
 def test_e2e_real_animator(
     real_engine: WorkerEngine, e2e_gateway: tuple[Settings, str], tmp_path: Path
 ) -> None:
-    from engines.demo import head_motion_frames, portrait
-
     settings, url = e2e_gateway
     source = write_png(tmp_path / "astronaut.png", portrait())
     # few frames: each costs W + G (~1.25 TFLOP) on this CPU; frame_batch 2 makes progress visible
@@ -207,8 +206,6 @@ def test_e2e_still_edit_over_http(
     real_engine: WorkerEngine, e2e_gateway: tuple[Settings, str], tmp_path: Path
 ) -> None:
     """A job without a driving input: the source edited by expression controls, as a PNG of its size."""
-    from engines.demo import portrait
-
     settings, url = e2e_gateway
     rgb = np.ascontiguousarray(portrait()[:, :509])  # an odd width, which the still keeps
     source = write_png(tmp_path / "astronaut.png", rgb)

@@ -133,6 +133,11 @@ class FaceAnalyzer(Protocol):
         keep those of at least ``min_score`` (default: their own threshold)."""
         ...
 
+    def faces(self, image_rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """Every face of an image with the landmarks ``landmarks`` gives a first frame (its result
+        is the first of these), largest box first; ``min_score`` as in ``detect``."""
+        ...
+
     def landmarks(
         self, image_rgb: np.ndarray, prev: Face | None = None, min_score: float | None = None
     ) -> Face | None:

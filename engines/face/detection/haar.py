@@ -70,6 +70,10 @@ class HaarAnalyzer:
         ]
         return sorted(faces, key=lambda f: f.area, reverse=True)
 
+    def faces(self, image_rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """Every face (boxes only: ``detect``), largest box first."""
+        return self.detect(image_rgb, min_score)
+
     def landmarks(
         self, image_rgb: np.ndarray, prev: Face | None = None, min_score: float | None = None
     ) -> Face | None:

@@ -139,6 +139,11 @@ class InsightFaceAnalyzer:
             raise ValueError("refine needs a face with 106 landmarks")
         return Face(face.box, face.score, face.kps5, face.lmk106, self.lmk203.run(image_rgb, face.lmk106))
 
+    def faces(self, image_rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """Every face with its 106 and 203 points, largest box first."""
+        check_rgb_image(image_rgb)
+        return [self.refine(image_rgb, face) for face in self.detect(image_rgb, min_score)]
+
     def landmarks(
         self, image_rgb: np.ndarray, prev: Face | None = None, min_score: float | None = None
     ) -> Face | None:

@@ -89,6 +89,10 @@ class BoxSeededAnalyzer:
         """Every detected face (largest box first) whose seeded landmarks are not lost."""
         return list(self._faces(image_rgb, min_score))
 
+    def faces(self, image_rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """Every face with its seeded 203 points (``detect``), largest box first."""
+        return self.detect(image_rgb, min_score)
+
     def landmarks(
         self, image_rgb: np.ndarray, prev: Face | None = None, min_score: float | None = None
     ) -> Face | None:

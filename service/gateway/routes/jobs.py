@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +21,10 @@ from starlette.routing import Route
 
 from service.contract import PRIORITIES, Job, JobPage, JobRequest
 from service.gateway.auth import AUTH_OPENAPI, ApiScope, authorize
-from service.gateway.routes.http import answering, form_fields
+from service.gateway.listing import CURSOR_PATTERN
+from service.gateway.problems import AUTHENTICATED, responses
+from service.gateway.routes.http import answering, form_fields, reading_form
+from service.gateway.services import TooLarge, UnsupportedMedia
 from service.gateway.services import jobs as job_service
 from service.gateway.state import Gateway, get_gateway
 
@@ -29,6 +32,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 MAX_JSON_BODY = 64 * 1024
+"""The largest JSON job request, and the largest text field of a multipart one (413 over it)."""
 
 _REQUEST_BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -38,13 +42,17 @@ _REQUEST_BODY_DOC: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["source"],
                     "properties": {
-                        "source": {"type": "string", "format": "binary", "description": "Image or video."},
+                        "source": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "Image or video (none in a motion job).",
+                        },
                         "driving": {
                             "type": "string",
                             "format": "binary",
-                            "description": "Video or image (none for an expression edit).",
+                            "description": "Video, image or motion template (.npz); none for an expression "
+                            "edit; a video in a motion job.",
                         },
                         "options": {"type": "string", "description": "AnimationOptions as JSON."},
                         "priority": {"type": "string", "enum": list(PRIORITIES)},
@@ -71,10 +79,12 @@ async def _read_json_body(request: Request) -> bytes:
     async for chunk in request.stream():
         body.extend(chunk)
         if len(body) > MAX_JSON_BODY:
-            raise HTTPException(
-                status_code=413, detail=f"a JSON job request is at most {MAX_JSON_BODY} bytes"
-            )
+            raise TooLarge(f"a JSON job request is at most {MAX_JSON_BODY} bytes")
     return bytes(body)
+
+
+def _job_response(record_view: Job, status: int, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(record_view.model_dump(mode="json"), status_code=status, headers=headers)
 
 
 @router.post(
@@ -86,9 +96,7 @@ async def _read_json_body(request: Request) -> bytes:
     openapi_extra=_REQUEST_BODY_DOC,
     responses={
         200: {"model": Job, "description": "The job an earlier request with this Idempotency-Key created."},
-        413: {"description": "Body or input too large."},
-        415: {"description": "An input is not an image or video."},
-        422: {"description": "Invalid request or options, refused URL, or reused Idempotency-Key."},
+        **responses(*AUTHENTICATED, 409, 413, 415, 422),
     },
 )
 async def create_job(
@@ -105,7 +113,9 @@ async def create_job(
     with answering():
         if content_type == "multipart/form-data":
             fields = len(job_service.MULTIPART_FIELDS)
-            async with request.form(max_files=2, max_fields=fields, max_part_size=64 * 1024) as form:
+            async with reading_form(
+                request, max_files=2, max_fields=fields, max_part_size=MAX_JSON_BODY
+            ) as form:
                 submission = await run_in_threadpool(job_service.parse_form, gateway, form_fields(form))
                 record, created = await run_in_threadpool(
                     job_service.submit, gateway, submission, scope, idempotency_key
@@ -117,13 +127,9 @@ async def create_job(
                 job_service.submit, gateway, submission, scope, idempotency_key
             )
         else:
-            raise HTTPException(status_code=415, detail="send multipart/form-data or application/json")
+            raise UnsupportedMedia("send multipart/form-data or application/json")
     job = job_service.job_view(record, gateway.base_url(request))
-    return JSONResponse(
-        job.model_dump(mode="json"),
-        status_code=202 if created else 200,
-        headers={"Location": f"/v1/jobs/{record.id}"},
-    )
+    return _job_response(job, 202 if created else 200, {"Location": f"/v1/jobs/{record.id}"})
 
 
 @router.get(
@@ -131,7 +137,7 @@ async def create_job(
     operation_id="list_jobs",
     response_model=JobPage,
     summary="The caller's jobs, newest first",
-    responses={422: {"description": "Malformed cursor or limit."}},
+    responses=responses(*AUTHENTICATED, 422),
 )
 async def list_jobs(
     request: Request,
@@ -139,7 +145,8 @@ async def list_jobs(
     scope: ApiScope,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
     cursor: Annotated[
-        str | None, Query(max_length=128, description="`next_cursor` of the previous page.")
+        str | None,
+        Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page."),
     ] = None,
 ) -> Response:
     """One page of the jobs submitted with the caller's API key (never another key's)."""
@@ -157,11 +164,7 @@ async def list_jobs(
     operation_id="get_job",
     response_model=Job,
     summary="Status, progress and result of a job",
-    responses={
-        304: {"description": "Not modified (If-None-Match)."},
-        401: {"description": "Missing or invalid API key."},
-        404: {"description": "No such job."},
-    },
+    responses={304: {"description": "Not modified (If-None-Match)."}, **responses(*AUTHENTICATED, 404)},
     openapi_extra={
         **AUTH_OPENAPI,
         "parameters": [
@@ -209,8 +212,7 @@ per-request machinery (parameter solving, its route wrappers) costs as much as t
             "`: keep-alive` comments while nothing happens; it ends after the final event.",
             "content": {"text/event-stream": {}},
         },
-        404: {"description": "No such job."},
-        422: {"description": "Malformed Last-Event-ID."},
+        **responses(*AUTHENTICATED, 404, 422),
     },
 )
 async def get_job_events(
@@ -218,7 +220,9 @@ async def get_job_events(
     request: Request,
     gateway: GatewayDep,
     scope: ApiScope,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", pattern=job_service.EVENT_ID_PATTERN)
+    ] = None,
 ) -> StreamingResponse:
     """From the job's latest event on, or after `Last-Event-ID` (resuming a broken stream)."""
     with answering():
@@ -245,8 +249,7 @@ async def get_job_events(
     summary="Cancel a job",
     responses={
         202: {"model": Job, "description": "Running: the worker stops at its next frame batch."},
-        404: {"description": "No such job."},
-        409: {"description": "The job already succeeded or failed."},
+        **responses(*AUTHENTICATED, 404, 409),
     },
 )
 def cancel_job(job_id: str, request: Request, gateway: GatewayDep, scope: ApiScope) -> Response:
@@ -254,8 +257,7 @@ def cancel_job(job_id: str, request: Request, gateway: GatewayDep, scope: ApiSco
     with answering():
         record = job_service.cancel(gateway, job_id, scope)
     job = job_service.job_view(record, gateway.base_url(request))
-    status = 202 if record.status == "running" else 200
-    return JSONResponse(job.model_dump(mode="json"), status_code=status)
+    return _job_response(job, 202 if record.status == "running" else 200)
 
 
 @router.get(
@@ -266,9 +268,7 @@ def cancel_job(job_id: str, request: Request, gateway: GatewayDep, scope: ApiSco
     responses={
         200: {"description": "The result, streamed.", "content": {"video/mp4": {}, "image/png": {}}},
         302: {"description": "Redirect to a presigned storage URL."},
-        404: {"description": "No such job."},
-        409: {"description": "The job has not succeeded."},
-        410: {"description": "The result expired."},
+        **responses(*AUTHENTICATED, 404, 409, 410),
     },
 )
 def get_job_result(job_id: str, gateway: GatewayDep, scope: ApiScope) -> Response:

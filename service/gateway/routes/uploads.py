@@ -8,7 +8,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.contract import ID_PATTERN, Upload, UploadRequest
 from service.gateway.auth import ApiScope
-from service.gateway.routes.http import answering, form_fields
+from service.gateway.problems import AUTHENTICATED, responses
+from service.gateway.routes.http import answering, form_fields, reading_form
 from service.gateway.services import uploads as upload_service
 from service.gateway.state import Gateway, get_gateway
 
@@ -22,7 +23,7 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
     status_code=201,
     response_model=Upload,
     summary="Get a URL to upload one input file to",
-    responses={413: {"description": "The announced size is over the limit."}},
+    responses=responses(*AUTHENTICATED, 400, 422),
 )
 def create_upload(
     request: Request,
@@ -42,13 +43,7 @@ def create_upload(
     status_code=204,
     response_class=Response,
     summary="Receive an upload (local store only; authorised by the signed form fields)",
-    responses={
-        403: {"description": "Missing, invalid or expired signature."},
-        404: {"description": "This gateway's store takes uploads directly."},
-        413: {"description": "The file is over the signed size limit."},
-        415: {"description": "The file is not an image or video."},
-        422: {"description": "The file is truncated, malformed or over the media limits."},
-    },
+    responses=responses(403, 404, 413, 415, 422, 503),
 )
 async def send_upload(
     upload_id: Annotated[str, Path(pattern=ID_PATTERN)], request: Request, gateway: GatewayDep
@@ -56,6 +51,6 @@ async def send_upload(
     """Store the form's `file` under this upload id, if the form's signature grants it."""
     with answering():
         upload_service.require_direct_uploads(gateway)
-        async with request.form(max_files=1, max_fields=3, max_part_size=1024) as form:
+        async with reading_form(request, max_files=1, max_fields=3, max_part_size=1024) as form:
             await run_in_threadpool(upload_service.receive, gateway, upload_id, form_fields(form))
     return Response(status_code=204)

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from common.errors import ProblemCode
+
 
 @dataclass(frozen=True)
 class FilePart:
@@ -28,12 +30,14 @@ class ServiceError(Exception):
     """A request the service refuses.
 
     `detail` is a message, or a list of located errors (`loc`, `msg`, `type`) whose `loc` starts
-    with where in the request the error is ("body", "query").
+    with where in the request the error is ("body", "query"); `code` a precise cause, when there is
+    one (else the answer's status names it).
     """
 
-    def __init__(self, detail: str | list[dict[str, Any]]) -> None:
+    def __init__(self, detail: str | list[dict[str, Any]], code: ProblemCode | None = None) -> None:
         super().__init__(detail if isinstance(detail, str) else "; ".join(e["msg"] for e in detail))
         self.detail = detail
+        self.code = code
 
 
 class InvalidRequest(ServiceError):
@@ -64,10 +68,12 @@ class Gone(ServiceError):
     """The resource existed but is no longer stored."""
 
 
-def invalid(errors: Sequence[Mapping[str, Any]], *loc: str | int) -> InvalidRequest:
+def invalid(
+    errors: Sequence[Mapping[str, Any]], *loc: str | int, code: ProblemCode | None = None
+) -> InvalidRequest:
     """InvalidRequest of `errors` (pydantic's or ours) located under ("body", *loc)."""
     detail = [
         {"loc": ["body", *loc, *e.get("loc", ())], "msg": e["msg"], "type": e.get("type", "value_error")}
         for e in errors
     ]
-    return InvalidRequest(detail)
+    return InvalidRequest(detail, code)

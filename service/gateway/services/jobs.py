@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, NamedTuple, TypeVar
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from common.expression import KEYFRAMES, ExpressionControls, Keyframe, check_edit_shape, keyframe_frames
+from common.expression import KEYFRAMES, ExpressionControls, Keyframe, keyframe_frames
 from common.options import AnimationOptions
 from service import tracing
 from service.contract import (
@@ -41,6 +41,7 @@ from service.contract import (
     Progress,
     WebhookSpec,
     WebhookStatus,
+    check_job_shape,
 )
 from service.gateway.listing import BadCursor, Cursor
 from service.gateway.services import (
@@ -55,7 +56,15 @@ from service.gateway.services import (
     invalid,
 )
 from service.gateway.state import Gateway
-from service.media import HEAD_BYTES, MediaLimits, MediaRejected, extension, inspect_media
+from service.media import (
+    HEAD_BYTES,
+    MediaLimits,
+    MediaRejected,
+    extension,
+    inspect_media,
+    looks_like_template,
+    max_template_bytes,
+)
 from service.queue import IdempotencyConflict, JobEvent, JobRecord
 from service.storage import ObjectNotFound, ReadStream, Store
 from service.urls import S3Location, UnsafeURL, check_url
@@ -69,7 +78,10 @@ MULTIPART_FIELDS = frozenset(
 """The fields a multipart submission may have: files `source` and `driving`, the rest JSON or text."""
 _HASH_CHUNK = 1024 * 1024
 _ID = re.compile(ID_PATTERN)
-_EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+EVENT_ID_PATTERN = r"^[0-9]{1,19}(-[0-9]{1,19})?$"
+"""What `Last-Event-ID` takes: an event's id (a Redis stream id, milliseconds-sequence), or milliseconds
+alone (the events after that time; "0": all of them)."""
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
 EVENTS_BLOCK_S = 5.0
 """Longest wait for a job's next event in one Redis read (below the client's socket timeout)."""
 
@@ -137,8 +149,8 @@ def _json_field(value: object, model: type[M], name: str) -> M:
 def _refused(exc: MediaRejected, *loc: str) -> UnsupportedMedia | InvalidRequest:
     """The refusal of an input by its content: UnsupportedMedia if it is no media we read, else invalid."""
     if exc.code == "unsupported_media" and len(loc) == 1:
-        return UnsupportedMedia(f"'{loc[0]}' is {exc.message}")
-    return invalid([{"msg": f"'{loc[0]}': {exc.message}", "type": exc.code}], *loc)
+        return UnsupportedMedia(f"'{loc[0]}' is {exc.message}", exc.code)
+    return invalid([{"msg": f"'{loc[0]}': {exc.message}", "type": exc.code}], *loc, code=exc.code)
 
 
 def _file_part(fields: FormFields, name: str) -> FilePart:
@@ -158,7 +170,8 @@ def _inspect_part(gateway: Gateway, part: FilePart, name: str) -> _Part:
         raise invalid([{"msg": f"'{name}' is empty", "type": "value_error"}], name)
     file = part.file
     try:
-        info = inspect_media(file, size, MediaLimits.from_settings(gateway.settings))
+        limits = MediaLimits.from_settings(gateway.settings)
+        info = inspect_media(file, size, limits, motion_templates=name == "driving")
     except MediaRejected as exc:
         raise _refused(exc, name) from exc
     file.seek(0)
@@ -189,21 +202,30 @@ def _edit_fields(fields: FormFields) -> tuple[ExpressionControls | None, list[Ke
     return parsed[0], parsed[1]
 
 
-def _check_edit(
+def _check_shape(
     gateway: Gateway,
-    has_driving: bool,
+    output: OutputSpec,
+    names: set[str],
     expression: ExpressionControls | None,
     keyframes: list[Keyframe] | None,
 ) -> None:
-    """The job's shape (animation, still, keyframes or offsets) and the keyframes' frames within the limit."""
+    """The job's shape (animation, still, keyframes, offsets or motion) for its inputs `names`, and the
+    keyframes' frames within the limit."""
     try:
-        check_edit_shape(has_driving, expression, keyframes)
+        check_job_shape(output.kind, "source" in names, "driving" in names, expression, keyframes)
     except ValueError as exc:
         raise invalid([{"msg": str(exc), "type": "value_error"}]) from exc
     limit = gateway.settings.max_driving_frames
     if keyframes is not None and keyframe_frames(keyframes) > limit:
         msg = f"the keyframes make {keyframe_frames(keyframes)} frames; at most {limit}"
         raise invalid([{"msg": msg, "type": "too_long"}], "keyframes")
+
+
+def _check_motion_input(output: OutputSpec, content_type: str | None, *loc: str) -> None:
+    """A motion job's driving input is a video (a template or an image has no motion to extract)."""
+    if output.kind == "motion" and content_type is not None and not content_type.startswith("video/"):
+        msg = "a motion job extracts the motion of a driving video; this driving input is no video"
+        raise invalid([{"msg": msg, "type": "unsupported_input"}], *loc, code="unsupported_input")
 
 
 def _check_webhook(gateway: Gateway, webhook: WebhookSpec | None) -> WebhookSpec | None:
@@ -245,9 +267,11 @@ def parse_form(gateway: Gateway, fields: FormFields) -> Submission:
         msg = f"priority must be one of {', '.join(PRIORITIES)}"
         raise invalid([{"msg": msg, "type": "literal_error"}], "priority")
     expression, keyframes = _edit_fields(fields)
-    _check_edit(gateway, "driving" in fields, expression, keyframes)
-    names = ("source", "driving") if "driving" in fields else ("source",)
+    names = [name for name in ("source", "driving") if name in fields]
+    _check_shape(gateway, output, set(names), expression, keyframes)
     parts = [_inspect_part(gateway, _file_part(fields, name), name) for name in names]
+    if "driving" in names:
+        _check_motion_input(output, parts[-1].content_type, "driving")
     document: dict[str, Any] = {
         "kind": "multipart",
         **{part.name: part.sha256 for part in parts},
@@ -295,8 +319,11 @@ def _resolve_reference(gateway: Gateway, name: str, url: str | None, upload_id: 
     if size > settings.max_input_bytes:
         raise TooLarge(f"upload {upload_id} is larger than {settings.max_input_bytes}")
     limits = MediaLimits.from_settings(settings)
+    templates = name == "driving"
+    if templates and looks_like_template(head) and len(head) < size <= max_template_bytes(limits.max_frames):
+        head = gateway.store.read_head(key, size)  # a template's directory is at its end: read it whole
     try:
-        info = inspect_media(io.BytesIO(head), size, limits, available=len(head))
+        info = inspect_media(io.BytesIO(head), size, limits, available=len(head), motion_templates=templates)
     except MediaRejected as exc:
         raise _refused(exc, name, "upload_id") from exc
     return InputLocation(key=key, content_type=info.content_type)
@@ -309,11 +336,14 @@ def parse_json(gateway: Gateway, body: bytes) -> Submission:
     except ValidationError as exc:
         raise invalid(exc.errors(include_url=False)) from exc
     inputs: dict[str, _Part | InputLocation] = {}
-    _check_edit(gateway, job_request.driving is not None, job_request.expression, job_request.keyframes)
+    names = {name for name in ("source", "driving") if getattr(job_request, name) is not None}
+    _check_shape(gateway, job_request.output, names, job_request.expression, job_request.keyframes)
     for name in ("source", "driving"):
         ref = getattr(job_request, name)
         if ref is not None:
             inputs[name] = _resolve_reference(gateway, name, ref.url, ref.upload_id)
+    if job_request.driving is not None:
+        _check_motion_input(job_request.output, inputs["driving"].content_type, "driving")
     webhook = _check_webhook(gateway, job_request.webhook)
     document = {"kind": "json", **job_request.model_dump(mode="json")}
     return Submission(
@@ -362,11 +392,11 @@ def submit(
     created_at = time.time()
     gateway.index.add(owner, job_id, created_at)
     try:
-        driving = submission.inputs.get("driving")
+        stored = {name: _store_input(gateway.store, job_id, item) for name, item in submission.inputs.items()}
         payload = JobPayload(
             job_id=job_id,
-            source=_store_input(gateway.store, job_id, submission.inputs["source"]),
-            driving=None if driving is None else _store_input(gateway.store, job_id, driving),
+            source=stored.get("source"),
+            driving=stored.get("driving"),
             options=submission.options,
             expression=submission.expression,
             keyframes=submission.keyframes,

@@ -27,12 +27,18 @@ from service.media import MediaLimits, MediaRejected, inspect_media
 def grant(gateway: Gateway, base_url: str, size_bytes: int | None = None) -> Upload:
     """A presigned S3 POST form, or (local store) a form signed by this gateway at `base_url`.
 
-    TooLarge when the announced `size_bytes` is over the input limit.
+    InvalidRequest (code too_large) when the announced `size_bytes` is over the input limit: the
+    spec gives the field that maximum, and a field out of its range is a 422 like any other.
     """
     settings = gateway.settings
     max_bytes = settings.max_input_bytes
     if size_bytes is not None and size_bytes > max_bytes:
-        raise TooLarge(f"inputs are at most {max_bytes} bytes")
+        error = {
+            "loc": ["size_bytes"],
+            "msg": f"inputs are at most {max_bytes} bytes",
+            "type": "less_than_equal",
+        }
+        raise invalid([error], code="too_large")
     upload_id = uuid.uuid4().hex
     expires = int(time.time()) + settings.presign_expiry_s
     post = gateway.store.presigned_post(
@@ -81,10 +87,10 @@ def receive(gateway: Gateway, upload_id: str, fields: FormFields) -> None:
         raise TooLarge(f"uploads are at most {max_bytes} bytes")
     limits = MediaLimits.from_settings(gateway.settings)
     try:
-        info = inspect_media(upload.file, upload.size, limits)
+        info = inspect_media(upload.file, upload.size, limits, motion_templates=True)
     except MediaRejected as exc:
         if exc.code == "unsupported_media":
-            raise UnsupportedMedia(f"the file is {exc.message}") from exc
-        raise invalid([{"msg": exc.message, "type": exc.code}], "file") from exc
+            raise UnsupportedMedia(f"the file is {exc.message}", exc.code) from exc
+        raise invalid([{"msg": exc.message, "type": exc.code}], "file", code=exc.code) from exc
     upload.file.seek(0)
     gateway.store.put(f"uploads/{upload_id}", upload.file, info.content_type)

@@ -40,6 +40,7 @@ from engines.acceleration.export import (
 from engines.acceleration.onnx_check import check_graph
 from engines.demo import write_demo_inputs
 from engines.model import LivePortraitModel, image_to_tensor
+from engines.request import AnimateRequest
 from engines.weights import load_state_dicts
 from liveportrait.cli_engines import add_engines_commands, cmd_build, cmd_export
 from tests.engines.factory import cpu_animator
@@ -293,6 +294,6 @@ def test_animator_runs_a_compiled_backend_from_the_cache(fp32_dir, golden_weight
     assert isinstance(engine.model, OnnxRuntimeModel) and engine.backend == "onnxruntime"
     source, driving = write_demo_inputs(tmp_path, n_frames=1)
     options = AnimationOptions(output_kind="crop", audio="none")
-    result = animator.animate(source, driving, tmp_path / "out.mp4", options)
+    result = animator.animate(AnimateRequest(source, driving, tmp_path / "out.mp4", options))
     assert (result.frames, result.width, result.height) == (1, 512, 512)
     assert cpu_animator(golden_weights, backend="auto").engine.backend == "torch"

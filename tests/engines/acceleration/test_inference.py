@@ -38,6 +38,7 @@ from engines.engine import load_engine
 from engines.model import LivePortraitModel, image_to_tensor, to_uint8_frames
 from engines.motion.keypoints import source_keypoints
 from engines.networks.spade_generator import SPADEResnetBlock
+from engines.request import AnimateRequest
 from tests.engines.factory import cpu_animator
 from tests.engines.golden_utils import assert_close, assert_close_sampled, assert_frames_close
 
@@ -223,7 +224,7 @@ def test_animator_runs_the_optimised_model(tmp_path, golden_weights):
     assert isinstance(animator.engine.model, InferenceModel)
     source, driving = write_demo_inputs(tmp_path, n_frames=1)
     options = AnimationOptions(output_kind="crop", audio="none")
-    result = animator.animate(source, driving, tmp_path / "out.mp4", options)
+    result = animator.animate(AnimateRequest(source, driving, tmp_path / "out.mp4", options))
     assert (result.frames, result.width, result.height) == (1, 512, 512)
 
 

@@ -41,6 +41,7 @@ from engines.face.detection.landmarks import InsightFaceAnalyzer, Landmark203
 from engines.face.detection.scrfd import SCRFD
 from engines.face.detection.seeded import BoxSeededAnalyzer, is_lost, spread
 from engines.face.ratios import eye_open_ratio, lip_open_ratio
+from engines.request import AnimateRequest
 from engines.source import EngineError, crop_source
 from engines.weights import WeightsError, check_bundle, write_synthetic_bundle
 from liveportrait.cli import main
@@ -373,7 +374,7 @@ def test_a_job_runs_eye_and_lip_retargeting_with_landmark_onnx_alone(
     template = animator.extract_motion(driving, options)
     assert template.c_eyes is not None and template.c_lip is not None  # driving ratios from 203 points
     np.testing.assert_allclose(template.c_eyes, EYE_RATIO, rtol=1e-3)
-    result = animator.animate(PORTRAIT, driving, tmp_path / "out.mp4", options)
+    result = animator.animate(AnimateRequest(PORTRAIT, driving, tmp_path / "out.mp4", options))
     assert (result.frames, result.width, result.height) == (2, 512, 512)
 
 
@@ -385,5 +386,7 @@ def test_a_job_with_the_haar_box_stack_still_refuses_landmark_options(
     _, driving = write_demo_inputs(tmp_path, n_frames=1)
     for flag in RETARGETING:
         with pytest.raises(EngineError) as err:
-            animator.animate(PORTRAIT, driving, tmp_path / "out.mp4", AnimationOptions(**{flag: True}))
+            animator.animate(
+                AnimateRequest(PORTRAIT, driving, tmp_path / "out.mp4", AnimationOptions(**{flag: True}))
+            )
         assert err.value.code == "landmarks_required" and flag in err.value.message
