@@ -10,9 +10,11 @@ rendered frame is flat: its own source's mean colour where the driving keypoints
 whose frame it got and whether it moved. Its cost is a few tensor fills per frame.
 """
 
+from typing import cast
+
 import torch
 
-from engines.engine import Engine
+from engines.engine import Engine, Model
 from engines.model import ModelMethods
 from engines.motion.keypoints import NUM_KP
 
@@ -77,7 +79,7 @@ def stand_in_engine() -> Engine:
 
     device = torch.device("cpu")
     return Engine(
-        model=StandInModel(device),
+        model=cast("Model", StandInModel(device)),  # the live path calls only ModelMethods
         analyzer=load_analyzer(None, "haar-box"),
         device=device,
         backend="torch",

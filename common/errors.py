@@ -17,18 +17,22 @@ MediaErrorCode = Literal[
 ]
 """Inputs judged from their bytes (common.media)."""
 
+EngineErrorCode = Literal[
+    "no_face",
+    "face_not_found",
+    "landmarks_required",
+    "unsupported_input",
+    "invalid_options",
+]
+"""The engines' refusals of an input or of its options: changing them helps, retrying does not."""
+
 ErrorCode = Literal[
     MediaErrorCode,
     # inputs, fetched by the worker
     "input_missing",
     "fetch_failed",
     "url_refused",
-    # the engines
-    "no_face",
-    "face_not_found",
-    "landmarks_required",
-    "unsupported_input",
-    "invalid_options",
+    EngineErrorCode,
     # the job's life
     "canceled",
     "invalid_payload",

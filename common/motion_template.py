@@ -187,7 +187,12 @@ def _check_entry(archive: zipfile.ZipFile, key: str, dtype: str, shape: tuple[in
 
 
 def _read_meta(archive: zipfile.ZipFile) -> dict[str, Any]:
-    raw = _check_entry(archive, META_KEY, _META_DTYPE, None)
+    return parse_meta(_check_entry(archive, META_KEY, _META_DTYPE, None))
+
+
+def parse_meta(raw: bytes) -> dict[str, Any]:
+    """The metadata entry's UTF-8 JSON checked: {"n_frames": N >= 1, "fps": a positive finite float,
+    "source": str}; MediaError bad_template otherwise."""
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -202,6 +207,7 @@ def _read_meta(archive: zipfile.ZipFile) -> dict[str, Any]:
         raise _bad(f"the template metadata has an invalid n_frames {n_frames!r}")
     if isinstance(fps, bool) or not isinstance(fps, int | float) or not math.isfinite(fps) or fps <= 0:
         raise _bad(f"the template metadata has an invalid fps {fps!r}")
-    if not isinstance(meta.get("source", ""), str):
+    source = meta.get("source", "")
+    if not isinstance(source, str):
         raise _bad("the template metadata has an invalid source name")
-    return {"n_frames": n_frames, "fps": float(fps)}
+    return {"n_frames": n_frames, "fps": float(fps), "source": source}

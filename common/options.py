@@ -6,7 +6,15 @@ job's options with this same model, so a job can never carry an option the engin
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 DrivingOption = Literal["expression-friendly", "pose-friendly"]
 AnimationRegion = Literal["all", "exp", "pose", "lip", "eyes"]
@@ -17,10 +25,12 @@ MAX_FACES = 16
 """The most faces of one source a job animates (`faces: all` takes the largest ones)."""
 
 
+FACE_INDICES_TEXT = r"^[0-9]+(,[0-9]+)*$"
+"""Face indices as text (a flag, a form): "0,2"."""
+
+
 def parse_faces(value: object) -> object:
     """`faces` as written on a command line or in a form: "largest", "all" or indices "0,2"."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,)
     if not isinstance(value, str) or value in ("largest", "all"):
         return value
     try:
@@ -43,6 +53,20 @@ FaceSelection = (
 )
 """Which faces of the source to animate: the largest (the official behaviour), all of them, or
 indices of the faces ordered left to right by their box centre."""
+
+FACES_SCHEMA = {
+    "anyOf": [
+        {"enum": ["largest", "all"], "type": "string"},
+        {"type": "string", "pattern": FACE_INDICES_TEXT},
+        {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0, "maximum": MAX_FACES - 1},
+            "minItems": 1,
+            "maxItems": MAX_FACES,
+        },
+    ]
+}
+"""The JSON schema of `faces`: its text form "0,2" included."""
 
 
 class AnimationOptions(BaseModel):
@@ -81,7 +105,7 @@ class AnimationOptions(BaseModel):
     flag_pasteback: bool = Field(True, description="Paste the animated crop back into the source frame.")
     flag_do_rot: bool = Field(True, description="Rotate the source crop to level the face.")
     det_thresh: float = Field(0.15, gt=0.0, lt=1.0, description="Face detector score threshold.")
-    faces: Annotated[FaceSelection, BeforeValidator(parse_faces)] = Field(
+    faces: Annotated[FaceSelection, BeforeValidator(parse_faces), WithJsonSchema(FACES_SCHEMA)] = Field(
         "largest",
         description="Which faces of an image source to animate: largest, all, or indices counted "
         "from 0, left to right (e.g. 0,2). A video source keeps its largest face.",

@@ -152,15 +152,18 @@ class Animator:
             check_offsets(options, source_is_video)
         prepared = None if source_is_video else self._prepare_image_source(source, options, limits)
         _report(progress, EXTRACTING_MOTION)
-        kind, template = load_driving(
-            self.engine,
-            driving,
-            options,
-            limits,
-            should_cancel=request.should_cancel,
-            trust_pickle=request.trust_pickle,
-            frames_read=functools.partial(_report, progress, EXTRACTING_MOTION),
-        )
+        if request.motion is not None:  # the video's motion is known: no pass over it
+            kind, template = "video", request.motion
+        else:
+            kind, template = load_driving(
+                self.engine,
+                driving,
+                options,
+                limits,
+                should_cancel=request.should_cancel,
+                trust_pickle=request.trust_pickle,
+                frames_read=functools.partial(_report, progress, EXTRACTING_MOTION),
+            )
         drv = template_motion(template, self.engine.device)
         if (options.flag_eye_retargeting and drv.eye_ratio is None) or (
             options.flag_lip_retargeting and drv.lip_ratio is None

@@ -12,6 +12,7 @@ from common.expression import ExpressionControls
 from common.options import AnimationOptions
 from common.progress import ProgressCallback
 from engines.media.errors import Limits
+from engines.motion.template import MotionTemplate
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,9 @@ class AnimateRequest:
     phase (common.progress) and after each batch of frames; `should_cancel` is polled between
     batches (common.errors.Canceled when it turns true); `trust_pickle` admits official `.pkl`
     templates (the local CLI only); `expression`: controls added to every driven frame (an image
-    source, relative motion: engines.motion.transfer).
+    source, relative motion: engines.motion.transfer); `motion`: the driving video's motion when it
+    is already known (a cached template, worker.motion): pass 1 over the video is skipped, which
+    still gives the audio and the side-by-side frames.
     """
 
     source: Path
@@ -34,3 +37,4 @@ class AnimateRequest:
     should_cancel: Callable[[], bool] | None = None
     trust_pickle: bool = False
     expression: ExpressionControls | None = None
+    motion: MotionTemplate | None = None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from liveportrait.arguments import add_option_arguments, options_from_args
+from liveportrait.cli_live import add_live_command
 from liveportrait.failures import job_failure
 
 if TYPE_CHECKING:
@@ -191,3 +192,5 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True)
     _client_arguments(p)
     p.set_defaults(func=cmd_download)
+
+    add_live_command(sub, _client_arguments)

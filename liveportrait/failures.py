@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
-from common.errors import LivePortraitError
+from common.errors import EngineErrorCode, LivePortraitError, MediaErrorCode
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -28,21 +28,12 @@ EXIT_NOT_FOUND = 4
 EXIT_AUTH = 5
 EXIT_UNAVAILABLE = 6
 
-_INPUT_CODES = frozenset(
-    {
-        "unsupported_media",
-        "corrupt_media",
-        "too_large",
-        "too_long",
-        "no_frames",
-        "bad_template",
+_INPUT_CODES = (
+    frozenset(get_args(MediaErrorCode))
+    | frozenset(get_args(EngineErrorCode))
+    | {
         "url_refused",
-        "no_face",
-        "landmarks_required",
-        "unsupported_input",
-        "invalid_options",
         "invalid_request",
-        "face_not_found",
     }
 )
 """Job and request codes that mean: this input (or request) is refused, change it."""

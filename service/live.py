@@ -23,8 +23,10 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from redis import Redis
+from redis.typing import EncodableT, FieldT
 
 from service.metrics import text
 from service.settings import Settings
@@ -51,9 +53,13 @@ _CLAIM = """
 local grant = redis.call('HMGET', KEYS[1], 'token', 'token_expires')
 if not grant[1] or grant[1] ~= ARGV[1] or tonumber(grant[2]) < tonumber(ARGV[2]) then return false end
 redis.call('HDEL', KEYS[1], 'token')
+redis.call('ZREM', KEYS[2], ARGV[3])
 return redis.call('HMGET', KEYS[1], 'worker', 'address', 'relay')
 """
 
+
+SESSION_SOURCES = "live/"
+"""Where in the store the gateway puts the sources it received for sessions (an upload stays where it is)."""
 
 RELAY_HEADER = "X-LivePortrait-Relay"
 """The header a gateway sends the session's relay token in when it connects to the worker."""
@@ -74,6 +80,16 @@ def session_id_of(path: str) -> str | None:
     """The session id of a worker URL's path, or None for any other path."""
     match = _SESSION_PATH.match(path)
     return match.group(1) if match else None
+
+
+def session_source_key(session_id: str) -> str:
+    """The store key of a session's source that the gateway received (multipart)."""
+    return f"{SESSION_SOURCES}{session_id}/source"
+
+
+def owns_source(key: str) -> bool:
+    """Whether a session's source is the session's own (deleted with it), not a direct upload."""
+    return key.startswith(SESSION_SOURCES)
 
 
 def digest(token: str) -> str:
@@ -126,6 +142,7 @@ class LiveRegistry:
         prefix = settings.queue_prefix
         self.prefix = prefix
         self.workers_key = f"{prefix}:live:workers"
+        self.unclaimed_key = f"{prefix}:live:unclaimed"
         self._reserve = redis.register_script(_RESERVE)
         self._claim = redis.register_script(_CLAIM)
 
@@ -168,10 +185,9 @@ class LiveRegistry:
 
     def capacity(self) -> Capacity:
         """The workers alive now, their slots and their running sessions."""
-        alive = [
-            text(n)
-            for n in self.redis.zrangebyscore(self.workers_key, time.time() - self.dead_after_s, "+inf")
-        ]
+        since = time.time() - self.dead_after_s
+        names = cast("list[bytes]", self.redis.zrangebyscore(self.workers_key, since, "+inf"))
+        alive = [text(n) for n in names]
         if not alive:
             return Capacity(0, 0, 0)
         with self.redis.pipeline(transaction=False) as pipe:
@@ -215,7 +231,7 @@ class LiveRegistry:
         token, relay = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         expires = time.time() + self.settings.live_token_ttl_s
         key = self.session_key(session_id)
-        record = {
+        record: dict[FieldT, EncodableT] = {
             "worker": reservation.worker,
             "address": reservation.address,
             "owner": owner,
@@ -229,17 +245,36 @@ class LiveRegistry:
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping=record)
             pipe.expire(key, round(self.settings.live_token_ttl_s + self.settings.live_max_session_s + 60))
+            pipe.zadd(self.unclaimed_key, {session_id: expires})
             pipe.execute()
         return token, expires
 
     def claim(self, session_id: str, token: str) -> Route | None:
         """Use a session's token (once, before it expires): where to relay it; None for a token that is
         wrong, expired or already used."""
-        reply = self._claim(keys=[self.session_key(session_id)], args=[digest(token), time.time()])
+        reply = self._claim(
+            keys=[self.session_key(session_id), self.unclaimed_key],
+            args=[digest(token), time.time(), session_id],
+        )
         if not reply or any(part is None for part in reply):
             return None
         worker, address, relay = (text(part) for part in reply)
         return Route(worker, address, relay)
+
+    def expired_grants(self) -> list[str]:
+        """The source keys of the sessions whose token expired unused, their slots freed and records
+        deleted; each is handed to one caller only (any worker's heartbeat asks), which deletes the source."""
+        keys = []
+        expired = cast("list[bytes]", self.redis.zrangebyscore(self.unclaimed_key, "-inf", time.time()))
+        for session_id in (text(member) for member in expired):
+            if not self.redis.zrem(self.unclaimed_key, session_id):
+                continue  # another caller took it
+            worker, key = self.redis.hmget(self.session_key(session_id), "worker", "source_key")
+            if worker is not None:
+                self.end(session_id, text(worker))
+            if key is not None:
+                keys.append(text(key))
+        return keys
 
     def release(self, session_id: str, worker: str) -> None:
         """Free the session's slot (idempotent)."""

@@ -53,10 +53,16 @@ class LiveConnection:
     """A connected live session: `ready` is the server's first message once the source is prepared."""
 
     def __init__(
-        self, websocket_url: str, *, open_timeout: float = 10.0, ready_timeout: float = 120.0
+        self,
+        websocket_url: str,
+        *,
+        open_timeout: float = 10.0,
+        ready_timeout: float = 120.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self._ws: ClientConnection = connect(
             websocket_url,
+            additional_headers=headers,
             max_size=RELAY_MAX_MESSAGE_BYTES,
             open_timeout=open_timeout,
             compression=None,

@@ -257,7 +257,11 @@ SETTLED = ("succeeded", "failed", "canceled")
 """The statuses a job ends in."""
 
 
-_CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 10, "health_check_interval": 30}
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 10,
+    "health_check_interval": 30,
+}
 """How every client of ours talks to Redis: a short connect timeout, reads bounded, idle links checked."""
 
 

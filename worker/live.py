@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import tempfile
 import threading
@@ -49,7 +50,14 @@ from common.live import (
     parse_client_message,
 )
 from service import metrics
-from service.live import RELAY_HEADER, RELAY_MAX_MESSAGE_BYTES, LiveRegistry, SessionRecord, session_id_of
+from service.live import (
+    RELAY_HEADER,
+    RELAY_MAX_MESSAGE_BYTES,
+    LiveRegistry,
+    SessionRecord,
+    owns_source,
+    session_id_of,
+)
 from service.queue import connect
 from service.settings import Settings
 from service.storage import Store, make_store
@@ -163,9 +171,10 @@ class LiveServer:
         batcher: FrameBatcher | None = None,
     ) -> None:
         from engines.live.batcher import FrameBatcher
+        from engines.live.tracking import SerialAnalyzer
 
         self.settings = settings
-        self.engine = engine
+        self.engine = dataclasses.replace(engine, analyzer=SerialAnalyzer(engine.analyzer))
         self.name = name
         self.cache = cache
         self.store = store or make_store(settings)
@@ -173,7 +182,7 @@ class LiveServer:
         self.registry = LiveRegistry(self.redis, settings)
         self.metrics_key = f"{settings.queue_prefix}:metrics"
         self.batcher = batcher or FrameBatcher(
-            engine,
+            self.engine,
             window_s=settings.live_batch_window_ms / 1000,
             max_batch=settings.live_max_batch or engine.frame_batch,
         )
@@ -234,7 +243,11 @@ class LiveServer:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=10)
 
     def _advertise(self) -> None:
+        """The heartbeat: advertise, delete the sources of sessions never connected, add the metrics."""
         self.registry.advertise(self.name, self.address, self.settings.live_slots, list(self._sessions))
+        for key in self.registry.expired_grants():
+            if owns_source(key):
+                self.store.delete(key)
         counts = self.counters.take()
         metrics.record_live(
             self.redis,
@@ -251,7 +264,7 @@ class LiveServer:
             await asyncio.sleep(self.settings.live_heartbeat_s)
             try:
                 await asyncio.to_thread(self._advertise)
-            except redis.exceptions.RedisError as exc:
+            except Exception as exc:  # Redis or the store away: the next heartbeat tries again
                 log.warning("live.heartbeat_failed", error=str(exc))
 
     # --- a session --------------------------------------------------------------------------------
@@ -279,8 +292,9 @@ class LiveServer:
     def _end(self, record: SessionRecord) -> None:
         try:
             self.registry.end(record.session_id, self.name)
-            self.store.delete(record.source_key)
-        except Exception as exc:  # the lease expires and the source is deleted with its prefix later
+            if owns_source(record.source_key):
+                self.store.delete(record.source_key)
+        except Exception as exc:  # the lease expires by itself; the source stays (logged)
             log.warning("live.cleanup_failed", session_id=record.session_id, error=str(exc))
 
     def prepare(self, record: SessionRecord, options: LiveOptions) -> PreparedSource:

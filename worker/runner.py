@@ -25,7 +25,7 @@ from rq.job import Job as RQJob
 from rq.timeouts import JobTimeoutException
 
 from common.errors import Canceled, ErrorCode, LivePortraitError
-from common.media import SNIFF_BYTES, extension, sniff
+from common.media import MOTION_TEMPLATE, SNIFF_BYTES, extension, sniff
 from common.options import AnimationOptions
 from common.progress import PREPARING, ProgressEvent
 from engines.media import Limits
@@ -37,6 +37,7 @@ from service.queue import JobQueue, PhaseProgress
 from service.settings import Settings
 from service.storage import StorageError, Store, put_with_retries
 from worker.inputs import fetch_input
+from worker.motion import MotionCache, MotionExtractor, cached_motion, make_template
 from worker.progress import AttemptProgress, PhaseCosts
 from worker.workarea import WorkArea
 
@@ -89,6 +90,9 @@ class WorkerEngine:
     animator: Animator
     limits: Limits = field(default_factory=Limits)
     editor: Editor | None = None
+    motion: MotionExtractor | None = None
+    identity: str = ""
+    """The engine's load config (JSON): what its motion templates are cached under (worker.motion)."""
 
 
 @dataclass
@@ -104,6 +108,7 @@ class JobRunner:
     _costs: PhaseCosts = field(init=False, default_factory=PhaseCosts)
     _active: tuple[str, int, AttemptProgress] | None = field(init=False, default=None)
     _signer: ContentSigner = field(init=False)
+    _motion_cache: MotionCache = field(init=False)
 
     def __post_init__(self) -> None:
         root = self.settings.work_dir or Path(tempfile.gettempdir()) / "liveportrait-work"
@@ -111,6 +116,14 @@ class JobRunner:
         self._signer = load_signer(self.settings.credentials_config())  # a bad certificate stops the start
         if self._signer.development:
             log.warning("credentials.development", folder=str(self._signer.development))
+        settings = self.settings
+        self._motion_cache = MotionCache(
+            self.store,
+            self.queue.redis,
+            settings.queue_prefix,
+            settings.motion_cache_ttl_s,
+            self.engine.identity,
+        )
 
     def run(self, raw_payload: dict[str, Any], job_id: str, retries_left: int = 0) -> dict[str, Any]:
         """Run one attempt of a job to a terminal state, or back to queued when RQ will retry it.
@@ -223,12 +236,12 @@ class JobRunner:
                 return {"status": SUPERSEDED}
             log.error("job.failed", code="invalid_payload")
             return {"status": "failed", "code": "invalid_payload"}
-        source = fetch_input(payload.source, work_dir, "source", store=self.store, settings=self.settings)
-        inputs = {"source": source}
-        if payload.driving is not None:
-            inputs["driving"] = fetch_input(
-                payload.driving, work_dir, "driving", store=self.store, settings=self.settings
-            )
+        given = (("source", payload.source), ("driving", payload.driving))
+        inputs = {
+            name: fetch_input(location, work_dir, name, store=self.store, settings=self.settings)
+            for name, location in given
+            if location is not None
+        }
         sizes = {f"{name}_bytes": path.stat().st_size for name, path in inputs.items()}
         log.info("job.inputs_ready", **sizes)
 
@@ -240,11 +253,24 @@ class JobRunner:
                 return False
 
         started = time.monotonic()
-        if "driving" not in inputs:
+        motion_job = payload.output.kind == "motion"
+        result: AnimationResult
+        if motion_job:
+            result = make_template(
+                self.engine.motion,
+                self._motion_cache,
+                inputs["driving"],
+                payload.options,
+                work_dir,
+                limits=self.engine.limits,
+                progress=progress,
+                should_cancel=should_cancel,
+            )
+        elif "driving" not in inputs:
             if self.engine.editor is None:
                 raise LivePortraitError("unsupported_input", "this worker runs no expression edits")
             result = self.engine.editor.edit(
-                source,
+                inputs["source"],
                 work_dir / "output.mp4",
                 payload.options,
                 expression=payload.expression,
@@ -255,7 +281,7 @@ class JobRunner:
             )
         else:
             request = AnimateRequest(
-                source,
+                inputs["source"],
                 inputs["driving"],
                 work_dir / "output.mp4",
                 payload.options,
@@ -263,6 +289,7 @@ class JobRunner:
                 progress=progress,
                 should_cancel=should_cancel,
                 expression=payload.expression,
+                motion=cached_motion(self._motion_cache, inputs["driving"], payload.options, work_dir),
             )
             result = self.engine.animator.animate(request)
         try:  # a Redis blip here must not turn a finished render into a retry
@@ -277,9 +304,12 @@ class JobRunner:
         except redis.RedisError as exc:
             log.warning("metrics.record_failed", error=str(exc))
         output = Path(result.output)
-        self._signer.sign(output, job_id=job_id, inputs=inputs)
-        with output.open("rb") as produced:
-            content_type = sniff(produced.read(SNIFF_BYTES)) or "application/octet-stream"
+        if motion_job:  # a template is no picture: content credentials label media
+            content_type = MOTION_TEMPLATE
+        else:
+            self._signer.sign(output, job_id=job_id, inputs=inputs)
+            with output.open("rb") as produced:
+                content_type = sniff(produced.read(SNIFF_BYTES)) or "application/octet-stream"
         key = f"results/{job_id}/{attempt}/output{extension(content_type) or output.suffix}"
         window = self.settings.storage_retry_window_s
         put_with_retries(self.store, key, output, content_type=content_type, window_s=window)
@@ -292,7 +322,7 @@ class JobRunner:
             frames=int(result.frames),
             fps=float(result.fps),
             size_bytes=size,
-            content_credentials=True,
+            content_credentials=not motion_job,
             attempt=attempt,
         ):
             log.warning("job.superseded_before_success")

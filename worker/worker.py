@@ -314,7 +314,14 @@ def job_engine(settings: Settings, engine: Engine, cache: SourceCache) -> Worker
         max_frames=settings.max_driving_frames,
         max_seconds=settings.max_driving_seconds,
     )
-    return WorkerEngine(animator=Animator(engine), editor=Editor(engine, cache), limits=limits)
+    animator = Animator(engine)
+    return WorkerEngine(
+        animator=animator,
+        editor=Editor(engine, cache),
+        limits=limits,
+        motion=animator,
+        identity=settings.engine_config().model_dump_json(),
+    )
 
 
 def start_live(settings: Settings, engine: Engine, cache: SourceCache, name: str) -> LiveServer | None:

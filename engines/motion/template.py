@@ -30,6 +30,7 @@ from common.motion_template import (
     MAX_META_BYTES,
     META_KEY,
     REQUIRED,
+    parse_meta,
 )
 from engines.media.errors import MediaError
 
@@ -237,22 +238,10 @@ def _read_entry(
 
 
 def _read_meta(raw: np.ndarray) -> dict[str, Any]:
-    try:
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(f"the template metadata is not UTF-8 JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise _bad("the template metadata does not name the liveportrait-motion format")
-    if meta.get("version") != FORMAT_VERSION:
-        raise _bad(f"unsupported template version {meta.get('version')!r}; this build reads {FORMAT_VERSION}")
-    n_frames, fps, source = meta.get("n_frames"), meta.get("fps"), meta.get("source", "")
-    if not isinstance(n_frames, int) or not 1 <= n_frames <= MAX_TEMPLATE_FRAMES:
-        raise _bad(f"the template metadata has an invalid n_frames {n_frames!r}")
-    if isinstance(fps, bool) or not isinstance(fps, int | float) or not math.isfinite(fps):
-        raise _bad(f"the template metadata has an invalid fps {fps!r}")
-    if not isinstance(source, str):
-        raise _bad("the template metadata has an invalid source name")
-    return {"n_frames": n_frames, "fps": fps, "source": source}
+    meta = parse_meta(raw.tobytes())
+    if meta["n_frames"] > MAX_TEMPLATE_FRAMES:
+        raise _bad(f"the template metadata has an invalid n_frames {meta['n_frames']!r}")
+    return meta
 
 
 class _NumpyUnpickler(pickle.Unpickler):

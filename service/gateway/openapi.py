@@ -3,8 +3,8 @@
 FastAPI's generated spec is the start; to it come the schemas of bodies the routes read by hand (the
 JSON job request) and of the error body (`Problem`); every 422 becomes a Problem (also the ones FastAPI
 adds to routes with parameters, whichever module they are in); optional header and query parameters
-lose the `null` a request cannot send; and the limits of the running settings go in (an announced
-upload's maximum size).
+lose the `null` a request cannot send; and the running settings go in: an announced upload's maximum
+size, and, on a gateway without API keys, no security requirement (nor 401) at all.
 """
 
 from __future__ import annotations
@@ -23,11 +23,17 @@ def complete_spec(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
         components.setdefault(name, model_schema)
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
+    open_gateway = not settings.api_keys
+    if open_gateway:
+        schema["components"].pop("securitySchemes", None)
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             answers = operation.get("responses", {})
             if "422" in answers:
                 answers["422"] = problems.responses(422)[422]
+            if open_gateway:
+                operation.pop("security", None)
+                answers.pop("401", None)
             for parameter in operation.get("parameters", []):
                 _drop_null(parameter)
     size = components["UploadRequest"]["properties"]["size_bytes"]

@@ -191,7 +191,7 @@ def test_lifecycle_file_expires_every_object_prefix_the_service_writes():
     expiring = {
         rule["Filter"]["Prefix"]: rule["Expiration"]["Days"] for rule in rules if "Expiration" in rule
     }
-    assert set(expiring) == {"results/", "inputs/", "uploads/"}
+    assert set(expiring) == {"results/", "inputs/", "uploads/", "live/"}
     (multipart,) = [rule for rule in rules if "AbortIncompleteMultipartUpload" in rule]
     assert multipart["Filter"]["Prefix"] == ""
     assert multipart["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] >= 1

@@ -179,6 +179,24 @@ def test_paste_back_of_several_faces_on_the_device_gives_the_host_frames(
     assert all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True))
 
 
+def test_a_video_source_keeps_its_largest_face(tmp_path, stand_in, driving_video) -> None:
+    source = tmp_path / "two.mp4"
+    write_test_video(source, [group_portrait(2, 256)] * 3, fps=10.0, with_audio=False)
+    animator = stand_in()
+    outputs = [
+        read_video(
+            animator.animate(
+                AnimateRequest(
+                    source, driving_video, tmp_path / f"{faces}.mp4", AnimationOptions(faces=faces)
+                )
+            ).output
+        )[0]
+        for faces in ("largest", "all")
+    ]
+    assert len(outputs[0]) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True))
+
+
 @pytest.mark.parametrize(("output_kind", "width"), [("crop", 2 * 512), ("side_by_side", 5 * 512)])
 def test_crop_outputs_tile_the_faces_left_to_right(
     tmp_path, stand_in, two_faces, driving_image, output_kind: str, width: int

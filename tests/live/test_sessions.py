@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -11,7 +13,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from common.live import CLOSE_CODES, Closing, Dropped, ErrorMessage
+from engines.engine import Engine
 from service.live_client import Closed, LiveConnection
+from service.settings import Settings
 from tests.live.conftest import (
     LiveStack,
     brightened,
@@ -22,6 +26,7 @@ from tests.live.conftest import (
     wait_for_slots,
 )
 from tests.waiting import wait_until
+from worker.live import LiveServer
 
 
 def colour(data: bytes) -> np.ndarray:
@@ -193,15 +198,13 @@ def test_an_idle_session_is_closed_with_its_code(live_stack: Callable[..., LiveS
 
 
 def test_a_newer_frame_supersedes_a_waiting_one(
-    live_settings: Callable[..., object],
+    live_settings: Callable[..., Settings],
     gateway_server: Callable[..., str],
-    live_worker: Callable[..., object],
-    standin_engine,
-    tmp_path,
+    live_worker: Callable[..., LiveServer],
+    standin_engine: Engine,
+    tmp_path: Path,
 ) -> None:
     """The render is held while frames 1 and 2 arrive: 2 replaces 1 (dropped), then 0 and 2 come out."""
-    import threading
-
     from engines.live.batcher import FrameBatcher
     from engines.live.session import render_frames
     from tests.live.conftest import LiveStack
@@ -247,3 +250,52 @@ def test_live_metrics(live_stack: Callable[..., LiveStack]) -> None:
     assert "liveportrait_live_sessions_total 1.0" in text
     assert "liveportrait_live_slots 2.0" in text and "liveportrait_live_workers 1.0" in text
     assert "liveportrait_live_frame_latency_seconds_count 1.0" in text
+
+
+def test_a_session_from_a_direct_upload_keeps_the_upload(live_stack: Callable[..., LiveStack]) -> None:
+    stack = live_stack()
+    with stack.client() as client:
+        grant = client.open_live(stack.source(), direct_upload=True)
+    with LiveConnection(grant.websocket_url) as live:
+        live.send_frame(driving_frames(1)[0])
+        assert next_frame(live).stats.seq == 0
+    wait_for_slots(stack, 0)
+    uploads = list((stack.settings.local_storage_dir / "uploads").iterdir())
+    assert len(uploads) == 1, uploads  # the session's source was the upload: it stays
+
+
+def test_a_session_ends_at_its_maximum_length(live_stack: Callable[..., LiveStack]) -> None:
+    stack = live_stack(live_max_session_s=1)
+    with stack.connect() as live:
+        closing = next_event(live)
+        closed = next_event(live)
+    assert isinstance(closing, Closing) and closing.reason == "session_expired", closing
+    assert closed == Closed(CLOSE_CODES["session_expired"], "session_expired"), closed
+
+
+def test_a_worker_that_stops_closes_its_sessions_with_worker_lost(
+    live_stack: Callable[..., LiveStack],
+) -> None:
+    stack = live_stack()
+    with stack.connect() as live:
+        stopping = threading.Thread(target=stack.worker.stop)
+        stopping.start()
+        closing = next_event(live)
+        closed = next_event(live)
+        stopping.join(timeout=60)
+    assert isinstance(closing, Closing) and closing.reason == "worker_lost", closing
+    assert closed == Closed(CLOSE_CODES["worker_lost"], "worker_lost"), closed
+
+
+def test_an_unused_grant_frees_its_slot_and_its_source(live_stack: Callable[..., LiveStack]) -> None:
+    stack = live_stack(live_slots=1, live_token_ttl_s=1)
+    with stack.client() as client:
+        client.open_live(stack.source())
+        sources = stack.settings.local_storage_dir / "live"
+
+        def stored() -> list[Path]:
+            return [path for path in sources.rglob("*") if path.is_file()]
+
+        assert len(stored()) == 1
+        wait_until(lambda: not stored(), 60, "the unused session's source deleted")
+        client.open_live(stack.source())  # its slot was free again

@@ -58,6 +58,14 @@ def test_every_option_has_a_flag_and_defaults_are_official():
     assert (options.output_kind, options.crf) == ("crop", 23)
 
 
+@pytest.mark.parametrize("command", [["animate", "s.jpg", "d.mp4"], ["edit", "s.jpg"]])
+def test_faces_flag_on_animate_and_edit(command):
+    args = build_parser().parse_args([*command, "-o", "o.mp4", "--faces", "2,0", "--min-face-size", "0.1"])
+    assert (options_from_args(args).faces, options_from_args(args).min_face_size) == ((0, 2), 0.1)
+    all_faces = build_parser().parse_args([*command, "-o", "o.mp4", "--faces", "all"])
+    assert options_from_args(all_faces).faces == "all"
+
+
 def test_out_of_range_options_are_refused(capsys):
     code = main(["animate", "s.jpg", "d.mp4", "-o", "o.mp4", "--weights", "w", "--crf", "99"])
     assert code == 2

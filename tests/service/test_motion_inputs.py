@@ -31,15 +31,16 @@ LIMITS = MediaLimits(
 def template_bytes(tmp_path: Path, frames: int = 4, **arrays: np.ndarray) -> bytes:
     """A template of `frames` frames as `liveportrait motion extract` writes it (arrays overridable)."""
     rng = np.random.default_rng(0)
-    values = {
-        "exp": rng.normal(size=(frames, 21, 3)),
-        "R": np.tile(np.eye(3), (frames, 1, 1)),
-        "scale": np.ones((frames, 1)),
-        "t": rng.normal(size=(frames, 3)),
-        "kp": rng.normal(size=(frames, 21, 3)),
-    }
+    template = MotionTemplate(
+        fps=25.0,
+        exp=rng.normal(size=(frames, 21, 3)),
+        R=np.tile(np.eye(3), (frames, 1, 1)),
+        scale=np.ones((frames, 1)),
+        t=rng.normal(size=(frames, 3)),
+        kp=rng.normal(size=(frames, 21, 3)),
+    )
     path = tmp_path / f"t{frames}.npz"
-    save_template(path, MotionTemplate(fps=25.0, **values))
+    save_template(path, template)
     if not arrays:
         return path.read_bytes()
     rewritten = io.BytesIO()

@@ -52,14 +52,26 @@ def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return (pts @ m[:2, :2].T + m[:2, 2]).astype(np.float32)
 
 
-class Landmark106:
-    """InsightFace 106-point model: ``run(image, box) -> (106, 2)`` image pixels."""
+class _LandmarkModel:
+    """An ONNX landmark model: its session, input name and square input size (from the graph, else
+    `default_size`)."""
+
+    default_size: int
 
     def __init__(self, model_path: Path, providers: Sequence[str] | None = None) -> None:
         self.session = create_session(model_path, providers)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
-        self.size = inp.shape[2] if isinstance(inp.shape[2], int) else 192
+        self.size = inp.shape[2] if isinstance(inp.shape[2], int) else self.default_size
+
+
+class Landmark106(_LandmarkModel):
+    """InsightFace 106-point model: ``run(image, box) -> (106, 2)`` image pixels."""
+
+    default_size = 192
+
+    def __init__(self, model_path: Path, providers: Sequence[str] | None = None) -> None:
+        super().__init__(model_path, providers)
         self.mean, self.std = (0.0, 1.0) if model_normalizes_input(model_path) else (127.5, 128.0)
 
     def run(self, image_rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -75,14 +87,10 @@ class Landmark106:
         return _apply(cv2.invertAffineTransform(m), pts)
 
 
-class Landmark203:
+class Landmark203(_LandmarkModel):
     """LivePortrait 203-point model: ``run(image, seed_points) -> (203, 2)`` image pixels."""
 
-    def __init__(self, model_path: Path, providers: Sequence[str] | None = None) -> None:
-        self.session = create_session(model_path, providers)
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.size = inp.shape[2] if isinstance(inp.shape[2], int) else 224
+    default_size = 224
 
     def run(self, image_rgb: np.ndarray, seed: np.ndarray) -> np.ndarray:
         """203 landmarks from a crop around ``seed`` landmarks (``(N, 2)``: 106 or 203 points)."""

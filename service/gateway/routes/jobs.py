@@ -27,6 +27,7 @@ from service.gateway.routes.http import answering, form_fields, reading_form
 from service.gateway.services import TooLarge, UnsupportedMedia
 from service.gateway.services import jobs as job_service
 from service.gateway.state import Gateway, get_gateway
+from service.media import MOTION_TEMPLATE
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
@@ -266,7 +267,10 @@ def cancel_job(job_id: str, request: Request, gateway: GatewayDep, scope: ApiSco
     summary="Download the result",
     response_class=Response,
     responses={
-        200: {"description": "The result, streamed.", "content": {"video/mp4": {}, "image/png": {}}},
+        200: {
+            "description": "The result, streamed: the animation, or a motion job's template (.npz).",
+            "content": {"video/mp4": {}, "image/png": {}, MOTION_TEMPLATE: {}},
+        },
         302: {"description": "Redirect to a presigned storage URL."},
         **responses(*AUTHENTICATED, 404, 409, 410),
     },

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from common.live import SessionGrant
 from service.contract import ID_PATTERN
 from service.gateway.auth import ApiScope
+from service.gateway.problems import AUTHENTICATED, responses
 from service.gateway.routes.http import answering, form_fields
 from service.gateway.services import live as live_service
 from service.gateway.state import Gateway, get_gateway
@@ -28,6 +29,7 @@ _REQUEST_BODY_DOC: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
+                    "additionalProperties": False,
                     "properties": {
                         "source": {
                             "type": "string",
@@ -47,6 +49,13 @@ _REQUEST_BODY_DOC: dict[str, Any] = {
 }
 
 
+_RESPONSES = responses(*AUTHENTICATED, 400, 413, 415, 422)
+_RESPONSES[400]["description"] = "A form that cannot be parsed (malformed, or more than its three fields)."
+_RESPONSES[503]["description"] = (
+    "No live worker has a free slot (retry after `Retry-After` seconds), or Redis or storage is unavailable."
+)
+
+
 def live_registry(request: Request) -> LiveRegistry:
     """The app's registry of live workers and sessions."""
     registry: LiveRegistry = request.app.state.live
@@ -60,19 +69,15 @@ def live_registry(request: Request) -> LiveRegistry:
     response_model=SessionGrant,
     summary="Open a live session (a WebSocket URL with a single-use token)",
     openapi_extra=_REQUEST_BODY_DOC,
-    responses={
-        413: {"description": "The source is too large."},
-        415: {"description": "The source is not an image we read, or the body is not multipart."},
-        422: {"description": "Invalid options, fields or source."},
-        503: {"description": "No live worker has a free slot; retry after `Retry-After` seconds."},
-    },
+    responses=_RESPONSES,
 )
 async def create_live_session(request: Request, gateway: GatewayDep, scope: ApiScope) -> SessionGrant:
-    """Multipart: the file `source` (or a field `upload_id`) and optional `options` (LiveOptions as JSON).
+    """A form: the file `source` (multipart) or a field `upload_id`, and optional `options` (LiveOptions
+    as JSON).
     Connect to the answer's `websocket_url` within its token's life (docs/api.md, "Live sessions")."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type != "multipart/form-data":
-        raise HTTPException(status_code=415, detail="send multipart/form-data")
+    if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise HTTPException(status_code=415, detail="send a form: multipart/form-data")
     registry = live_registry(request)
     with answering():
         async with request.form(

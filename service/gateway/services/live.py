@@ -25,7 +25,14 @@ from common.live import Closing, LiveOptions, SessionGrant
 from service.gateway.services import FilePart, FormFields, invalid
 from service.gateway.services.jobs import _file_part, _inspect_part, _json_field, _resolve_reference
 from service.gateway.state import Gateway
-from service.live import RELAY_HEADER, RELAY_MAX_MESSAGE_BYTES, LiveRegistry, Route, worker_url
+from service.live import (
+    RELAY_HEADER,
+    RELAY_MAX_MESSAGE_BYTES,
+    LiveRegistry,
+    Route,
+    session_source_key,
+    worker_url,
+)
 
 log = structlog.get_logger("gateway")
 
@@ -101,7 +108,7 @@ def open_session(
     reservation = registry.reserve(session_id)
     if reservation is None:
         raise NoLiveSlot(gateway.settings.live_retry_after_s)
-    source_key = source.key or f"live/{session_id}/source"
+    source_key = source.key or session_source_key(session_id)
     try:
         if source.file is not None:
             gateway.store.put(source_key, source.file.file, source.content_type)

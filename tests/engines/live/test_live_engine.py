@@ -112,6 +112,12 @@ class CountingAnalyzer:
         self.has_landmarks = inner.has_landmarks
         self.calls = 0
 
+    def detect(self, rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+        return self.inner.detect(rgb, min_score)
+
+    def faces(self, rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+        return self.inner.faces(rgb, min_score)
+
     def landmarks(
         self, rgb: np.ndarray, prev: Face | None = None, min_score: float | None = None
     ) -> Face | None:
@@ -162,7 +168,7 @@ def test_a_failing_session_does_not_fail_the_others(engine: Engine) -> None:
     def broken(*args: object) -> torch.Tensor:
         raise RuntimeError("this session's keypoints failed")
 
-    bad.keypoints = broken  # type: ignore[method-assign]
+    bad.keypoints = broken  # type: ignore[method-assign,assignment]
     images = render_frames(engine, [bad, good], [driving, driving], [0.0, 0.0])
     assert isinstance(images[0], RuntimeError) and np.asarray(images[1]).shape == (512, 512, 3)
 

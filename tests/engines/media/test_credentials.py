@@ -24,23 +24,9 @@ from engines.media.credentials import (
     read_credentials,
 )
 from tests.signing_ca import IssuedChain, active_manifest, c2pa_store, created_action, make_chain
+from tests.worker.doubles import moving_frames
 
 JOB = "0123456789abcdef0123456789abcdef"
-
-
-def frames(n: int, size: int = 64) -> list[np.ndarray]:
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    return [
-        np.stack(
-            [
-                np.roll(ramp, 5 * i)[None, :].repeat(size, 0),
-                ramp[:, None].repeat(size, 1),
-                np.full((size, size), 90.0),
-            ],
-            -1,
-        ).astype(np.uint8)
-        for i in range(n)
-    ]
 
 
 def decoded(path: Path) -> list[np.ndarray]:
@@ -56,9 +42,9 @@ def operator(tmp_path: Path) -> IssuedChain:
 @pytest.fixture
 def inputs(tmp_path: Path) -> dict[str, Path]:
     source = tmp_path / "portrait.png"
-    write_image(source, frames(1, 48)[0])
+    write_image(source, moving_frames(1, 48)[0])
     driving = tmp_path / "driving.mp4"
-    write_test_video(driving, frames(3), with_audio=False)
+    write_test_video(driving, moving_frames(3), with_audio=False)
     return {"source": source, "driving": driving}
 
 
@@ -68,14 +54,14 @@ def signer_of(chain: IssuedChain, algorithm: str = "ES256") -> ContentSigner:
 
 def signed_video(folder: Path, signer: ContentSigner, inputs: dict[str, Path]) -> Path:
     out = folder / "output.mp4"
-    write_test_video(out, frames(6))
+    write_test_video(out, moving_frames(6))
     signer.sign(out, job_id=JOB, inputs=inputs)
     return out
 
 
 def test_a_signed_mp4_is_labelled_ai_generated_and_chains_to_the_operator_ca(tmp_path, operator, inputs):
     out = tmp_path / "output.mp4"
-    write_test_video(out, frames(6))
+    write_test_video(out, moving_frames(6))
     unsigned = decoded(out)
     signer_of(operator).sign(out, job_id=JOB, inputs=inputs)
 
@@ -114,7 +100,7 @@ def test_without_the_trust_anchor_the_signature_is_valid_but_untrusted(tmp_path,
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp"])
 def test_stills_are_signed(tmp_path, operator, inputs, suffix):
     out = tmp_path / f"still{suffix}"
-    write_image(out, frames(1)[0])
+    write_image(out, moving_frames(1)[0])
     signer_of(operator).sign(out, job_id=JOB, inputs={"source": inputs["source"]})
     store = c2pa_store(out, trust=operator.ca)
     assert store["validation_state"] == "Trusted", store.get("validation_status")

@@ -50,16 +50,20 @@ export function setupLive(schemas) {
   const pump = async () => {
     timer = null;
     if (!session?.open) return;
-    const now = performance.now();
-    for (const [n, at] of sent) if (now - at > FORGET_AFTER_MS) sent.delete(n);
-    if (sent.size < IN_FLIGHT && camera.readyState >= 2) {
-      const jpeg = await toJPEG(camera, session.limits.max_frame_pixels, 0.8);
-      sent.set(seq, performance.now());
-      seq += 1;
-      session.sendFrame(jpeg);
+    try {
+      const now = performance.now();
+      for (const [n, at] of sent) if (now - at > FORGET_AFTER_MS) sent.delete(n);
+      if (sent.size < IN_FLIGHT && camera.readyState >= 2) {
+        const jpeg = await toJPEG(camera, session.limits.max_frame_pixels, 0.8);
+        sent.set(seq, performance.now());
+        seq += 1;
+        session.sendFrame(jpeg);
+      }
+      showStats();
+    } catch (failure) {
+      showError(error, failure);
     }
-    showStats();
-    timer = setTimeout(pump, 30);
+    if (session) timer = setTimeout(pump, 30);
   };
 
   const end = (message) => {
