@@ -14,6 +14,7 @@ median seconds per frame and their ratio to one face; N faces should cost about 
 """
 
 import argparse
+import functools
 import tempfile
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             assert result.frames == args.frames
 
         wall, _ = interleaved(
-            {name: (lambda name=name: job(name)) for name in FACES}, args.repeats, warmup=1, device=device
+            {name: functools.partial(job, name) for name in FACES}, args.repeats, warmup=1, device=device
         )
 
     engine = animator.engine

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     motion_cache_ttl_s: int = Field(
         7 * 24 * 3600,
         ge=0,
-        description="How long a driving video's motion template is kept (by content) for later jobs; 0: none.",
+        description="How long a motion job's template is kept (by video content) for later jobs; 0: none.",
     )
 
     # storage

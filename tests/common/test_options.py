@@ -18,7 +18,7 @@ from common.options import MAX_FACES, AnimationOptions
     ],
 )
 def test_faces_takes_largest_all_or_indices(given: object, faces: object) -> None:
-    options = AnimationOptions(faces=given)  # type: ignore[arg-type]
+    options = AnimationOptions(faces=given)
     assert options.faces == faces
     assert AnimationOptions.model_validate_json(options.model_dump_json()) == options
 
@@ -33,7 +33,7 @@ def test_the_default_is_the_official_largest_face() -> None:
 )
 def test_malformed_faces_are_refused(given: object) -> None:
     with pytest.raises(ValidationError) as err:
-        AnimationOptions(faces=given)  # type: ignore[arg-type]
+        AnimationOptions(faces=given)
     assert all(error["loc"][0] == "faces" for error in err.value.errors())
 
 

@@ -134,8 +134,9 @@ def test_cli_refuses_a_pickle_template_without_trust(tmp_path, weights, capsys):
     code = main(
         ["animate", str(source), str(template), "-o", str(tmp_path / "o.mp4"), "--weights", str(weights)]
     )
-    assert code == 1
-    assert "--trust-pickle" in capsys.readouterr().err
+    assert code == 3  # liveportrait.failures.EXIT_INPUT: the input is refused
+    err = capsys.readouterr().err
+    assert "--trust-pickle" in err and err.splitlines()[-1].startswith("error [bad_template]: ")
 
 
 # --- the pipelined job: stages overlapped in threads, composition on the model's device ---------

@@ -172,7 +172,7 @@ def _hostile_parts(media: Media, marker: Path) -> list[tuple[str, str, str, byte
     return [
         ("exe renamed .jpg", "source", "photo.jpg", b"MZ\x90\x00" + bytes(range(256)) * 8, 415, None),
         ("script renamed .jpg", "source", "photo.jpg", b"#!/bin/sh\nrm -rf /\n" * 20, 415, None),
-        ("pickled motion template", "driving", "motion.pkl", pickle.dumps(_Trap(marker)), 422, "bad_template"),
+        ("pickle as a template", "driving", "motion.pkl", pickle.dumps(_Trap(marker)), 422, "bad_template"),
         ("truncated JPEG", "source", "face.jpg", jpeg[: len(jpeg) * 2 // 3], 422, "corrupt_media"),
         (
             "truncated MP4",

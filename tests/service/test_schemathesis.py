@@ -5,7 +5,7 @@ port) with the real Redis and the local store, with or without an API key, and a
 limit. schemathesis's CLI runs every phase (examples, coverage, fuzzing, and stateful, which chains
 create -> get/cancel/result by the spec's links) with `--checks all`: no 5xx, every status and
 header documented, every body of its documented schema and content type, schema-valid requests
-accepted and schema-invalid ones refused. Seeded, and bounded: at most 30 cases per operation and
+accepted and schema-invalid ones refused. Seeded, and bounded: at most 20 cases per operation and
 phase, the run stopped after RUN_TIMEOUT_S. tests/service/schemathesis.toml says where a content
 check may refuse a schema-valid file.
 """
@@ -13,6 +13,7 @@ check may refuse a schema-valid file.
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -39,7 +40,7 @@ def test_every_check_passes(auth: str, make_settings: Callable[..., Settings], t
         run = _schemathesis(url, KEY if keys else None, tmp_path)
     summary = run.stdout.split("SUMMARY", 1)[-1]
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
-    assert "Stateful" in summary and "failed" not in summary and "❌" not in summary, run.stdout
+    assert "Stateful" in summary and not re.search(r"❌|\b\d+ (failed|errors?)\b", summary), run.stdout
 
 
 def _schemathesis(url: str, key: str | None, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -57,7 +58,7 @@ def _schemathesis(url: str, key: str | None, tmp_path: Path) -> subprocess.Compl
         "--phases",
         "examples,coverage,fuzzing,stateful",
         "--max-examples",
-        "30",
+        "20",
         "--seed",
         "20260101",
         "--request-timeout",

@@ -49,6 +49,9 @@ class JobPreview {
   }
 }
 
+/** Ends of a live session that the next slider move mends with a new session, without a word. */
+const QUIET_ENDS = new Set(["idle_timeout", "session_expired"]);
+
 /** Previews through a live session: the portrait is the driving frame, the sliders its expression. */
 class LivePreview {
   static async open(source, show, fail) {
@@ -67,9 +70,14 @@ class LivePreview {
     this.session = session;
     this.frame = frame;
     this.description = "live preview";
+    this.closed = false;
     session.onFrame = (jpeg) => show(URL.createObjectURL(jpeg));
     session.onEvent = (event) => {
+      if (event.type === "closing" && QUIET_ENDS.has(event.reason)) return;
       if (event.type === "error" || event.type === "closing") fail(new ApiError(0, describeEvent(event), event));
+    };
+    session.onClose = () => {
+      this.closed = true;
     };
     session.sendFrame(frame);
   }
@@ -91,37 +99,64 @@ export function setupEdit(schemas) {
   const keyframes = [];
   let previewer = null;
   let source = null;
-  const controls = sliders($("edit-sliders"), schemas.ExpressionControls, "edit", (values) => {
-    previewer?.update(values);
-  });
   const show = (url) => {
     setObjectURL(preview, url);
     showError(error, null);
   };
   const fail = (failure) => showError(error, failure);
 
+  /** A live preview when a slot is free, else edit jobs; a live session that ended is replaced. */
+  let opening = null;
+  const previewing = async () => {
+    if (previewer && !previewer.closed) return previewer;
+    if (!opening) {
+      const pending = choose();
+      opening = pending;
+      pending.finally(() => {
+        if (opening === pending) opening = null;
+      });
+    }
+    return opening;
+  };
+  const choose = async () => {
+    const chosen = source;
+    let next;
+    try {
+      next = await LivePreview.open(chosen, show, fail);
+    } catch (failure) {
+      next = new JobPreview(chosen, show, fail);
+      if (failure instanceof ApiError && ![404, 503].includes(failure.status)) fail(failure);
+    }
+    if (chosen !== source) {
+      next.close();
+      return null;
+    }
+    previewer = next;
+    showStatus(status, `Move a slider: ${previewer.description}.`);
+    return previewer;
+  };
+  const update = async (values) => {
+    if (source) (await previewing())?.update(values);
+  };
+  const controls = sliders($("edit-sliders"), schemas.ExpressionControls, "edit", update);
+
   $("edit-source").addEventListener("change", async (event) => {
     previewer?.close();
     previewer = null;
+    opening = null;
     source = event.target.files[0] || null;
     showError(error, null);
     if (!source) return;
     setObjectURL(preview, URL.createObjectURL(source));
     preview.hidden = false;
-    try {
-      previewer = await LivePreview.open(source, show, fail);
-    } catch (failure) {
-      previewer = new JobPreview(source, show, fail);
-      if (failure instanceof ApiError && ![404, 503].includes(failure.status)) fail(failure);
-    }
-    showStatus(status, `Move a slider: ${previewer.description}.`);
     const values = controls.values();
-    if (Object.keys(values).length) previewer.update(values);
+    const chosen = await previewing();
+    if (chosen && Object.keys(values).length) chosen.update(values);
   });
 
   $("edit-reset").addEventListener("click", () => {
     controls.reset();
-    previewer?.update({});
+    update({});
   });
 
   const list = $("keyframe-list");
@@ -140,7 +175,7 @@ export function setupEdit(schemas) {
         load.setAttribute("aria-label", `Load keyframe ${index + 1} into the sliders`);
         load.addEventListener("click", () => {
           controls.set(keyframe.expression);
-          previewer?.update(keyframe.expression);
+          update(keyframe.expression);
         });
         const remove = document.createElement("button");
         remove.type = "button";

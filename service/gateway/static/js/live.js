@@ -1,7 +1,8 @@
 // The live tab: the webcam drives the portrait through a live session; latency and fps shown.
 //
 // At most two camera frames are in flight: a new one goes when an earlier one came back animated,
-// dropped or refused (the server keeps only the latest waiting frame anyway). Latency is from
+// dropped or refused, or was sent IN_FLIGHT_MS ago (the server keeps only the latest waiting frame,
+// and closes a session that sends none for a while). Latency is from
 // sending a frame to receiving its animated frame, matched by `seq` (frames are numbered in the
 // order sent, from 0).
 
@@ -11,7 +12,8 @@ import { describeEvent, LiveSession, toJPEG } from "./session.js";
 import { $, setObjectURL, showError, showStatus } from "./ui.js";
 
 const IN_FLIGHT = 2;
-const FORGET_AFTER_MS = 5000;
+const IN_FLIGHT_MS = 3000;
+const FORGET_AFTER_MS = 120_000;
 
 function scalarProperties(schema) {
   const scalar = Object.entries(schema.properties).filter(([, p]) => !p.$ref && p.type !== "object" && !p.anyOf?.some((k) => k.$ref));
@@ -49,11 +51,12 @@ export function setupLive(schemas) {
 
   const pump = async () => {
     timer = null;
-    if (!session?.open) return;
+    if (!session) return;
     try {
       const now = performance.now();
       for (const [n, at] of sent) if (now - at > FORGET_AFTER_MS) sent.delete(n);
-      if (sent.size < IN_FLIGHT && camera.readyState >= 2) {
+      const inFlight = [...sent.values()].filter((at) => now - at < IN_FLIGHT_MS).length;
+      if (session.open && inFlight < IN_FLIGHT && camera.readyState >= 2) {
         const jpeg = await toJPEG(camera, session.limits.max_frame_pixels, 0.8);
         sent.set(seq, performance.now());
         seq += 1;
