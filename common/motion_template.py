@@ -99,14 +99,21 @@ def inspect_template(file: IO[bytes], size: int, limits: MediaLimits, *, availab
     file.seek(0)
     try:
         with zipfile.ZipFile(file) as archive:
-            return _inspect_archive(archive, limits, bound)
+            return _declared(check_archive(archive, limits, bound))
     except MediaError:
         raise
     except Exception as exc:  # whatever breaks while parsing untrusted bytes, the file is bad
         raise _bad(f"not a readable motion template ({type(exc).__name__}: {exc})") from exc
 
 
-def _inspect_archive(archive: zipfile.ZipFile, limits: MediaLimits, bound: int) -> MediaInfo:
+def _declared(meta: dict[str, Any]) -> MediaInfo:
+    return MediaInfo(MOTION_TEMPLATE, frames=meta["n_frames"], seconds=meta["n_frames"] / meta["fps"])
+
+
+def check_archive(archive: zipfile.ZipFile, limits: MediaLimits, bound: int) -> dict[str, Any]:
+    """Check an open template: its entries (names, methods, sizes up to `bound` bytes), its metadata
+    against `limits` and every array's .npy header (dtype, C order, shape) and checksum; returns the
+    metadata (`parse_meta`). The gateway's and the worker's one check before any array is loaded."""
     entries = archive.infolist()
     names = [entry.filename for entry in entries]
     allowed = {f"{key}.npy" for key in (META_KEY, *FRAME_SHAPES)}
@@ -121,15 +128,13 @@ def _inspect_archive(archive: zipfile.ZipFile, limits: MediaLimits, bound: int) 
             message = f"{entry.filename} unpacks to {entry.file_size} bytes; at most {bound}"
             raise MediaError("too_large", message)
     meta = _read_meta(archive)
-    n_frames, fps = meta["n_frames"], meta["fps"]
-    info = MediaInfo(MOTION_TEMPLATE, frames=n_frames, seconds=n_frames / fps)
-    check_limits(info, limits)
+    check_limits(_declared(meta), limits)
     for key, frame_shape in FRAME_SHAPES.items():
         if f"{key}.npy" in names:
-            _check_entry(archive, key, _ARRAY_DTYPE, (n_frames, *frame_shape))
+            _check_entry(archive, key, _ARRAY_DTYPE, (meta["n_frames"], *frame_shape))
         elif key in REQUIRED:
             raise _bad(f"the template has no {key!r} array")
-    return info
+    return meta
 
 
 def _npy_header(archive: zipfile.ZipFile, key: str) -> tuple[dict[str, Any], int]:

@@ -120,6 +120,14 @@ end
 local function set_or_clear(name, value)
   if value == '' then redis.call('HDEL', KEYS[1], name) else redis.call('HSET', KEYS[1], name, value) end
 end
+-- End the job as `status` at `finished_at` with the extra fields `...`: the hash then lives `ttl` seconds.
+local function settle(status, finished_at, ttl, ...)
+  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', finished_at, ...)
+  redis.call('HDEL', KEYS[1], 'eta_s', 'stalled')
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('ZREM', KEYS[4], job_id)
+  emit(status)
+end
 local function superseded(attempt)
   return attempt ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= attempt
 end
@@ -208,11 +216,7 @@ _FINISH = (
 local s = redis.call('HGET', KEYS[1], 'status')
 if s ~= 'running' then return s or 'missing' end
 if superseded(ARGV[4]) then return 'superseded' end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], unpack(ARGV, 5))
-redis.call('HDEL', KEYS[1], 'eta_s', 'stalled')
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('ZREM', KEYS[4], job_id)
-emit(ARGV[1])
+settle(ARGV[1], ARGV[2], ARGV[3], unpack(ARGV, 5))
 return 'ok'
 """
 )
@@ -236,9 +240,7 @@ _CANCEL = (
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return 'missing' end
 if s == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  emit('canceled')
+  settle('canceled', ARGV[1], ARGV[2])
   return 'canceled'
 end
 if s == 'running' then

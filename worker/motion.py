@@ -46,7 +46,7 @@ MOTION_OPTIONS = (
 )
 """The animation options that change the motion read from a driving video (its auto-crop, and the
 detector threshold of its landmarks)."""
-_PREFIX = "motion-cache/"
+CACHE_PREFIX = "motion-cache/"
 _CHUNK = 1024 * 1024
 
 
@@ -110,7 +110,7 @@ class MotionCache:
             expires = self.redis.zscore(self.index, key)
             if expires is None or expires < self.clock():
                 return None
-            self.store.get(f"{_PREFIX}{key}.npz", dest)
+            self.store.get(f"{CACHE_PREFIX}{key}.npz", dest)
             return load_template(dest)
         except (redis.RedisError, StorageError, LivePortraitError) as exc:  # gone, unreachable or broken
             log.warning("motion_cache.miss", key=key, error=str(exc))
@@ -124,9 +124,9 @@ class MotionCache:
             now = self.clock()
             for expired in self.redis.zrangebyscore(self.index, "-inf", now):
                 name = expired.decode() if isinstance(expired, bytes) else str(expired)
-                self.store.delete(f"{_PREFIX}{name}.npz")
+                self.store.delete(f"{CACHE_PREFIX}{name}.npz")
                 self.redis.zrem(self.index, name)
-            self.store.put(f"{_PREFIX}{key}.npz", template_file)
+            self.store.put(f"{CACHE_PREFIX}{key}.npz", template_file)
             self.redis.zadd(self.index, {key: now + self.ttl_s})
         except (redis.RedisError, StorageError) as exc:  # a cache that cannot be written is only slower
             log.warning("motion_cache.not_written", key=key, error=str(exc))

@@ -23,21 +23,24 @@ from typing import Any, Literal
 
 import numpy as np
 
+from common.media import MediaLimits
 from common.motion_template import (
     FORMAT_NAME,
     FORMAT_VERSION,
     FRAME_SHAPES,
-    MAX_META_BYTES,
     META_KEY,
     REQUIRED,
-    parse_meta,
+    check_archive,
 )
 from engines.media.errors import MediaError
 
 MAX_TEMPLATE_FRAMES = 216_000
 MAX_TEMPLATE_BYTES = 512 * 1024 * 1024
-_MAX_META_BYTES = MAX_META_BYTES
 _MAX_FPS = 1000.0
+_LIMITS = MediaLimits(
+    max_image_pixels=0, max_video_pixels=0, max_frames=MAX_TEMPLATE_FRAMES, max_seconds=math.inf
+)
+"""A template file's bounds: its frames (no duration limit here; a job's limits are the gateway's)."""
 _FRAME_SHAPES = FRAME_SHAPES  # per-frame shape of every array (common.motion_template: the format's facts)
 _REQUIRED = REQUIRED
 _TRUST_HINT = (
@@ -197,51 +200,13 @@ def load_motion_template(path: str | os.PathLike[str], trust_pickle: bool = Fals
 
 
 def _read_npz(archive: zipfile.ZipFile) -> MotionTemplate:
-    names = archive.namelist()
-    allowed = {f"{key}.npy" for key in (META_KEY, *_FRAME_SHAPES)}
-    if len(set(names)) != len(names) or not set(names) <= allowed:
-        raise _bad(f"unexpected entries in the template: {sorted(set(names) - allowed) or 'duplicates'}")
-    meta = _read_meta(_read_entry(archive, META_KEY, np.dtype(np.uint8), None))
-    n_frames = meta["n_frames"]
+    meta = check_archive(archive, _LIMITS, MAX_TEMPLATE_BYTES)
     arrays: dict[str, np.ndarray] = {}
-    for key, frame_shape in _FRAME_SHAPES.items():
-        if f"{key}.npy" in names:
-            arrays[key] = _read_entry(archive, key, np.dtype("<f4"), (n_frames, *frame_shape))
-        elif key in _REQUIRED:
-            raise _bad(f"the template has no {key!r} array")
+    for key in _FRAME_SHAPES:
+        if f"{key}.npy" in archive.namelist():
+            with archive.open(f"{key}.npy") as fh:
+                arrays[key] = np.lib.format.read_array(fh, allow_pickle=False)
     return MotionTemplate(fps=meta["fps"], source_name=meta["source"], **arrays)
-
-
-def _read_entry(
-    archive: zipfile.ZipFile, key: str, dtype: np.dtype, shape: tuple[int, ...] | None
-) -> np.ndarray:
-    """Check an entry's .npy header (dtype, shape; 1-D under the metadata size cap if `shape` is
-    None) and only then read its data."""
-    member = f"{key}.npy"
-    with archive.open(member) as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            found_shape, _, found_dtype = np.lib.format.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            found_shape, _, found_dtype = np.lib.format.read_array_header_2_0(fh)
-        else:
-            raise _bad(f"{key}: unsupported .npy version {version}")
-    if found_dtype != dtype:
-        raise _bad(f"{key} must be {dtype}, got {found_dtype}")
-    if shape is None:
-        if len(found_shape) != 1 or found_shape[0] > _MAX_META_BYTES:
-            raise _bad(f"{key} must be a 1-D array of at most {_MAX_META_BYTES} bytes")
-    elif found_shape != shape:
-        raise _bad(f"{key} must have shape {shape}, got {found_shape}")
-    with archive.open(member) as fh:
-        return np.lib.format.read_array(fh, allow_pickle=False)
-
-
-def _read_meta(raw: np.ndarray) -> dict[str, Any]:
-    meta = parse_meta(raw.tobytes())
-    if meta["n_frames"] > MAX_TEMPLATE_FRAMES:
-        raise _bad(f"the template metadata has an invalid n_frames {meta['n_frames']!r}")
-    return meta
 
 
 class _NumpyUnpickler(pickle.Unpickler):

@@ -17,7 +17,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Worker
 
+from service.live import SESSION_SOURCES
 from service.settings import Settings, get_settings
+from worker.motion import CACHE_PREFIX as MOTION_CACHE
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -191,11 +193,12 @@ def test_lifecycle_file_expires_every_object_prefix_the_service_writes():
     expiring = {
         rule["Filter"]["Prefix"]: rule["Expiration"]["Days"] for rule in rules if "Expiration" in rule
     }
-    assert set(expiring) == {"results/", "inputs/", "uploads/", "live/"}
+    assert set(expiring) == {"results/", "inputs/", "uploads/", SESSION_SOURCES, MOTION_CACHE}
     (multipart,) = [rule for rule in rules if "AbortIncompleteMultipartUpload" in rule]
     assert multipart["Filter"]["Prefix"] == ""
     assert multipart["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] >= 1
     assert expiring["results/"] * create_bucket.DAY_S >= Settings.model_fields["result_ttl_s"].default
+    assert expiring[MOTION_CACHE] * create_bucket.DAY_S >= Settings.model_fields["motion_cache_ttl_s"].default
 
 
 @pytest.mark.parametrize(("prefix", "key_prefix"), [("", ""), ("/tenant-a/", "tenant-a/")])

@@ -187,13 +187,20 @@ def test_a_client_that_vanishes_frees_its_slot(live_stack: Callable[..., LiveSta
         assert next_frame(again).stats.seq == 0
 
 
-def test_an_idle_session_is_closed_with_its_code(live_stack: Callable[..., LiveStack]) -> None:
-    stack = live_stack(live_idle_timeout_s=0.5)
+@pytest.mark.parametrize(
+    ("limit", "reason"),
+    [({"live_idle_timeout_s": 0.5}, "idle_timeout"), ({"live_max_session_s": 1}, "session_expired")],
+    ids=["idle", "maximum-length"],
+)
+def test_a_session_past_its_limit_is_closed_with_its_code(
+    live_stack: Callable[..., LiveStack], limit: dict[str, float], reason: str
+) -> None:
+    stack = live_stack(**limit)
     with stack.connect() as live:
         closing = next_event(live)
         closed = next_event(live)
-    assert isinstance(closing, Closing) and closing.reason == "idle_timeout", closing
-    assert closed == Closed(CLOSE_CODES["idle_timeout"], "idle_timeout"), closed
+    assert isinstance(closing, Closing) and closing.reason == reason, closing
+    assert closed == Closed(CLOSE_CODES[reason], reason), closed
     wait_for_slots(stack, 0)
 
 
@@ -262,15 +269,6 @@ def test_a_session_from_a_direct_upload_keeps_the_upload(live_stack: Callable[..
     wait_for_slots(stack, 0)
     uploads = list((stack.settings.local_storage_dir / "uploads").iterdir())
     assert len(uploads) == 1, uploads  # the session's source was the upload: it stays
-
-
-def test_a_session_ends_at_its_maximum_length(live_stack: Callable[..., LiveStack]) -> None:
-    stack = live_stack(live_max_session_s=1)
-    with stack.connect() as live:
-        closing = next_event(live)
-        closed = next_event(live)
-    assert isinstance(closing, Closing) and closing.reason == "session_expired", closing
-    assert closed == Closed(CLOSE_CODES["session_expired"], "session_expired"), closed
 
 
 def test_a_worker_that_stops_closes_its_sessions_with_worker_lost(

@@ -5,10 +5,15 @@ import { cancelJob, describeProgress, followJob, jobFailure, resultURL } from ".
 import { setObjectURL, showError, showStatus } from "./ui.js";
 
 export class JobView {
-  /** `root` holds elements with the classes job-progress, job-status, job-cancel, job-video,
-   * job-image, job-download and job-error. */
+  /** `root` is filled from the page's `job-view` template; its data attributes name the parts for
+   * assistive technology: `progress`, `video`, `image` (labels) and `download` (the link's text). */
   constructor(root) {
+    root.replaceChildren(document.getElementById("job-view").content.cloneNode(true));
     const part = (name) => root.querySelector(`.job-${name}`);
+    part("progress").setAttribute("aria-label", root.dataset.progress);
+    part("video").setAttribute("aria-label", root.dataset.video);
+    part("image").alt = root.dataset.image;
+    part("download").textContent = root.dataset.download;
     this.root = root;
     this.progress = part("progress");
     this.status = part("status");
