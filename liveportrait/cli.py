@@ -11,6 +11,7 @@ import tempfile
 import traceback
 import typing
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
@@ -249,6 +250,17 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
             action.help = f"{field.description} (default: {field.default})"
 
 
+def _engine_command(
+    commands: argparse._SubParsersAction, name: str, help: str, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """A subcommand that runs the engine: the engine's flags and the animation options, then its own."""
+    p = commands.add_parser(name, help=help)
+    _engine_arguments(p)
+    add_option_arguments(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="liveportrait",
@@ -259,19 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="print the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("animate", help="animate a portrait locally (no Redis or S3 needed)")
+    p = _engine_command(sub, "animate", "animate a portrait locally (no Redis or S3 needed)", cmd_animate)
     p.add_argument("source", help="source portrait: an image or a video")
     p.add_argument("driving", help="driving video, image, or motion template")
     p.add_argument("-o", "--output", required=True, help="output .mp4 (.png for a driving image)")
     p.add_argument(
         "--trust-pickle", action="store_true", help="accept an official .pkl motion template (runs pickle)"
     )
-    _engine_arguments(p)
-    add_option_arguments(p)
     add_expression_arguments(p)
-    p.set_defaults(func=cmd_animate)
 
-    p = sub.add_parser("edit", help="edit a portrait's expression: a still, or a video from keyframes")
+    p = _engine_command(
+        sub, "edit", "edit a portrait's expression: a still, or a video from keyframes", cmd_edit
+    )
     p.add_argument("source", help="source portrait image")
     p.add_argument("-o", "--output", required=True, help="output .png or .jpg (a still), .mp4 (keyframes)")
     p.add_argument(
@@ -279,31 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.json",
         help='a JSON list of {"expression": {...}, "change": n, "keep": m}: a video of n + m + ... frames',
     )
-    _engine_arguments(p)
     add_expression_arguments(p)
-    add_option_arguments(p)
-    p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("verify", help="read a file's content credentials (C2PA) and check their signature")
     p.add_argument("file")
     p.add_argument("--trust", help="PEM file of CA certificates to trust (e.g. the development CA's ca.pem)")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("demo", help="animate the bundled portrait with a generated driving video")
+    p = _engine_command(sub, "demo", "animate the bundled portrait with a generated driving video", cmd_demo)
     p.add_argument("-o", "--output", default="liveportrait-demo.mp4")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--work-dir", help="where to write the demo inputs (default: a temporary directory)")
-    _engine_arguments(p)
-    add_option_arguments(p)
-    p.set_defaults(func=cmd_demo)
 
     motion = _command_group(sub, "motion", "motion templates")
-    p = motion.add_parser("extract", help="extract a driving video's motion into a safe template (.npz)")
+    p = _engine_command(
+        motion, "extract", "extract a driving video's motion into a safe template (.npz)", cmd_motion_extract
+    )
     p.add_argument("driving")
     p.add_argument("-o", "--output", required=True)
-    _engine_arguments(p)
-    add_option_arguments(p)
-    p.set_defaults(func=cmd_motion_extract)
 
     weights = _command_group(sub, "weights", "weight bundles")
     p = weights.add_parser("synthetic", help="write a seeded synthetic bundle (tests; meaningless pixels)")

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from common.media import MOTION_TEMPLATE, MediaError, MediaLimits, inspect_media
-from engines.motion.template import MotionTemplate, save_template
+from engines.motion.template import save_template
 from service.queue import JobQueue, connect
 from service.settings import Settings
 from tests.service.test_gateway import KEY, LIMIT, Gw, digest
 from tests.service.test_problems import assert_problem
+from tests.templates import random_template
 from tests.worker.doubles import write_inputs
 
 MAX_FRAMES = 10
@@ -30,17 +31,8 @@ LIMITS = MediaLimits(
 
 def template_bytes(tmp_path: Path, frames: int = 4, **arrays: np.ndarray) -> bytes:
     """A template of `frames` frames as `liveportrait motion extract` writes it (arrays overridable)."""
-    rng = np.random.default_rng(0)
-    template = MotionTemplate(
-        fps=25.0,
-        exp=rng.normal(size=(frames, 21, 3)),
-        R=np.tile(np.eye(3), (frames, 1, 1)),
-        scale=np.ones((frames, 1)),
-        t=rng.normal(size=(frames, 3)),
-        kp=rng.normal(size=(frames, 21, 3)),
-    )
     path = tmp_path / f"t{frames}.npz"
-    save_template(path, template)
+    save_template(path, random_template(frames, fps=25.0))
     if not arrays:
         return path.read_bytes()
     rewritten = io.BytesIO()

@@ -1,4 +1,5 @@
-"""The gateway's logic, one module per resource (`jobs`, `uploads`); the routes only speak HTTP.
+"""The gateway's logic, one module per resource (`jobs`, `uploads`, `live`), and `inputs`: the checks of
+what a request sends. The routes only speak HTTP.
 
 A service function takes the app's `Gateway` and plain values (the parts of a parsed form, a body,
 an owner) and returns records, or refuses with one of the `ServiceError`s below. Routes turn those

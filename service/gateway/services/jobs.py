@@ -10,7 +10,6 @@ the reads of the fast path (`read`, `page`, `follow`) are async, on the asyncio 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import time
@@ -18,10 +17,10 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from common.expression import KEYFRAMES, ExpressionControls, Keyframe, keyframe_frames
 from common.options import AnimationOptions
@@ -46,37 +45,34 @@ from service.contract import (
 from service.gateway.listing import BadCursor, Cursor
 from service.gateway.services import (
     Conflict,
-    FilePart,
     FormFields,
     Gone,
     InvalidRequest,
     NotFound,
-    TooLarge,
-    UnsupportedMedia,
     invalid,
+)
+from service.gateway.services.inputs import (
+    CheckedFile,
+    check_fields,
+    file_part,
+    inspect_part,
+    json_field,
+    resolve_reference,
 )
 from service.gateway.state import Gateway
 from service.media import (
-    HEAD_BYTES,
-    MediaLimits,
-    MediaRejected,
     extension,
-    inspect_media,
-    looks_like_template,
-    max_template_bytes,
 )
 from service.queue import IdempotencyConflict, JobEvent, JobRecord
 from service.storage import ObjectNotFound, ReadStream, Store
-from service.urls import S3Location, UnsafeURL, check_url
+from service.urls import UnsafeURL, check_url
 
 log = structlog.get_logger("gateway")
-M = TypeVar("M", bound=BaseModel)
 
 MULTIPART_FIELDS = frozenset(
     {"source", "driving", "options", "expression", "keyframes", "priority", "output", "webhook"}
 )
 """The fields a multipart submission may have: files `source` and `driving`, the rest JSON or text."""
-_HASH_CHUNK = 1024 * 1024
 _ID = re.compile(ID_PATTERN)
 EVENT_ID_PATTERN = r"^[0-9]{1,19}(-[0-9]{1,19})?$"
 """What `Last-Event-ID` takes: an event's id (a Redis stream id, milliseconds-sequence), or milliseconds
@@ -87,20 +83,10 @@ EVENTS_BLOCK_S = 5.0
 
 
 @dataclass
-class _Part:
-    """A multipart file, inspected: spooled on disk, sniffed, hashed."""
-
-    name: str
-    file: BinaryIO
-    content_type: str
-    sha256: str
-
-
-@dataclass
 class Submission:
     """A parsed, validated job request: inputs either uploaded parts or locations."""
 
-    inputs: dict[str, _Part | InputLocation]
+    inputs: dict[str, CheckedFile | InputLocation]
     options: AnimationOptions
     priority: Priority
     output: OutputSpec
@@ -133,53 +119,6 @@ class Result:
 
 def _fingerprint(document: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _json_field(value: object, model: type[M], name: str) -> M:
-    if value is None or value == "":
-        return model()
-    if not isinstance(value, str):
-        raise invalid([{"msg": f"'{name}' must be a JSON text field", "type": "type_error"}], name)
-    try:
-        return model.model_validate_json(value)
-    except ValidationError as exc:
-        raise invalid(exc.errors(include_url=False), name) from exc
-
-
-def _refused(exc: MediaRejected, *loc: str) -> UnsupportedMedia | InvalidRequest:
-    """The refusal of an input by its content: UnsupportedMedia if it is no media we read, else invalid."""
-    if exc.code == "unsupported_media" and len(loc) == 1:
-        return UnsupportedMedia(f"'{loc[0]}' is {exc.message}", exc.code)
-    return invalid([{"msg": f"'{loc[0]}': {exc.message}", "type": exc.code}], *loc, code=exc.code)
-
-
-def _file_part(fields: FormFields, name: str) -> FilePart:
-    part = fields.get(name)
-    if not isinstance(part, FilePart):
-        raise invalid([{"msg": f"'{name}' must be a file part", "type": "missing"}], name)
-    return part
-
-
-def _inspect_part(gateway: Gateway, part: FilePart, name: str) -> _Part:
-    """Check size and content of a spooled multipart file, and hash it."""
-    max_bytes = gateway.settings.max_input_bytes
-    size = part.size if part.size is not None else 0
-    if size > max_bytes:
-        raise TooLarge(f"'{name}' is larger than {max_bytes} bytes")
-    if size == 0:
-        raise invalid([{"msg": f"'{name}' is empty", "type": "value_error"}], name)
-    file = part.file
-    try:
-        limits = MediaLimits.from_settings(gateway.settings)
-        info = inspect_media(file, size, limits, motion_templates=name == "driving")
-    except MediaRejected as exc:
-        raise _refused(exc, name) from exc
-    file.seek(0)
-    digest = hashlib.sha256()
-    while chunk := file.read(_HASH_CHUNK):
-        digest.update(chunk)
-    file.seek(0)
-    return _Part(name=name, file=file, content_type=info.content_type, sha256=digest.hexdigest())
 
 
 def _edit_fields(fields: FormFields) -> tuple[ExpressionControls | None, list[Keyframe] | None]:
@@ -251,16 +190,11 @@ def parse_form(gateway: Gateway, fields: FormFields) -> Submission:
 
     The files are checked by content and hashed; they must stay open until the job is submitted.
     """
-    unknown = sorted(set(fields) - MULTIPART_FIELDS)
-    if unknown:
-        allowed = ", ".join(sorted(MULTIPART_FIELDS))
-        raise invalid(
-            [{"msg": f"unknown form fields {unknown}; allowed: {allowed}", "type": "extra_forbidden"}]
-        )
-    options = _json_field(fields.get("options"), AnimationOptions, "options")
-    output = _json_field(fields.get("output"), OutputSpec, "output")
+    check_fields(fields, MULTIPART_FIELDS)
+    options = json_field(fields.get("options"), AnimationOptions, "options")
+    output = json_field(fields.get("output"), OutputSpec, "output")
     webhook = _check_webhook(
-        gateway, _json_field(fields["webhook"], WebhookSpec, "webhook") if fields.get("webhook") else None
+        gateway, json_field(fields["webhook"], WebhookSpec, "webhook") if fields.get("webhook") else None
     )
     priority = fields.get("priority") or "default"
     if priority not in PRIORITIES:
@@ -269,7 +203,7 @@ def parse_form(gateway: Gateway, fields: FormFields) -> Submission:
     expression, keyframes = _edit_fields(fields)
     names = [name for name in ("source", "driving") if name in fields]
     _check_shape(gateway, output, set(names), expression, keyframes)
-    parts = [_inspect_part(gateway, _file_part(fields, name), name) for name in names]
+    parts = [inspect_part(gateway, file_part(fields, name), name) for name in names]
     if "driving" in names:
         _check_motion_input(output, parts[-1].content_type, "driving")
     document: dict[str, Any] = {
@@ -296,52 +230,19 @@ def parse_form(gateway: Gateway, fields: FormFields) -> Submission:
     )
 
 
-def _resolve_reference(gateway: Gateway, name: str, url: str | None, upload_id: str | None) -> InputLocation:
-    """Check a URL or an upload id of a JSON request and turn it into an input location."""
-    settings = gateway.settings
-    if url is not None:
-        try:
-            checked = check_url(
-                url, allow_private=settings.allow_private_urls, s3_buckets=settings.s3_input_buckets
-            )
-        except UnsafeURL as exc:
-            raise invalid([{"msg": str(exc), "type": "url_refused"}], name, "url") from exc
-        if isinstance(checked, S3Location):
-            return InputLocation(url=f"s3://{checked.bucket}/{checked.key}")
-        return InputLocation(url=checked)
-    key = f"uploads/{upload_id}"
-    try:
-        size = gateway.store.size(key)
-        head = gateway.store.read_head(key, HEAD_BYTES)
-    except ObjectNotFound as exc:
-        msg = f"upload {upload_id} not found (not uploaded yet, or expired)"
-        raise invalid([{"msg": msg, "type": "upload_missing"}], name, "upload_id") from exc
-    if size > settings.max_input_bytes:
-        raise TooLarge(f"upload {upload_id} is larger than {settings.max_input_bytes}")
-    limits = MediaLimits.from_settings(settings)
-    templates = name == "driving"
-    if templates and looks_like_template(head) and len(head) < size <= max_template_bytes(limits.max_frames):
-        head = gateway.store.read_head(key, size)  # a template's directory is at its end: read it whole
-    try:
-        info = inspect_media(io.BytesIO(head), size, limits, available=len(head), motion_templates=templates)
-    except MediaRejected as exc:
-        raise _refused(exc, name, "upload_id") from exc
-    return InputLocation(key=key, content_type=info.content_type)
-
-
 def parse_json(gateway: Gateway, body: bytes) -> Submission:
     """A submission from a JSON `JobRequest`: its URLs are checked, its uploads checked by content."""
     try:
         job_request = JobRequest.model_validate_json(body)
     except ValidationError as exc:
         raise invalid(exc.errors(include_url=False)) from exc
-    inputs: dict[str, _Part | InputLocation] = {}
+    inputs: dict[str, CheckedFile | InputLocation] = {}
     names = {name for name in ("source", "driving") if getattr(job_request, name) is not None}
     _check_shape(gateway, job_request.output, names, job_request.expression, job_request.keyframes)
     for name in ("source", "driving"):
         ref = getattr(job_request, name)
         if ref is not None:
-            inputs[name] = _resolve_reference(gateway, name, ref.url, ref.upload_id)
+            inputs[name] = resolve_reference(gateway, name, ref.url, ref.upload_id)
     if job_request.driving is not None:
         _check_motion_input(job_request.output, inputs["driving"].content_type, "driving")
     webhook = _check_webhook(gateway, job_request.webhook)
@@ -361,7 +262,7 @@ def parse_json(gateway: Gateway, body: bytes) -> Submission:
 # --- submitting -----------------------------------------------------------------------------------
 
 
-def _store_input(store: Store, job_id: str, item: _Part | InputLocation) -> InputLocation:
+def _store_input(store: Store, job_id: str, item: CheckedFile | InputLocation) -> InputLocation:
     if isinstance(item, InputLocation):
         return item
     key = f"inputs/{job_id}/{item.name}{extension(item.content_type)}"

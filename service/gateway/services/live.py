@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +22,14 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from common.live import Closing, LiveOptions, SessionGrant
 from service.gateway.services import FilePart, FormFields, invalid
-from service.gateway.services.jobs import _file_part, _inspect_part, _json_field, _resolve_reference
+from service.gateway.services.inputs import (
+    check_fields,
+    file_part,
+    inspect_part,
+    json_field,
+    resolve_reference,
+    sha256_of,
+)
 from service.gateway.state import Gateway
 from service.live import (
     RELAY_HEADER,
@@ -38,7 +44,6 @@ log = structlog.get_logger("gateway")
 
 FIELDS = frozenset({"source", "upload_id", "options"})
 """The fields of a session's form: the file `source` or an `upload_id`, and `options` (JSON)."""
-_HASH_CHUNK = 1024 * 1024
 
 
 class NoLiveSlot(Exception):
@@ -70,25 +75,23 @@ def _source(gateway: Gateway, fields: FormFields) -> _Source:
     if ("source" in fields) == ("upload_id" in fields):
         raise invalid([{"msg": "give a 'source' file or an 'upload_id'", "type": "missing"}])
     if "source" in fields:
-        part = _inspect_part(gateway, _file_part(fields, "source"), "source")
+        part = inspect_part(gateway, file_part(fields, "source"), "source")
         _image_only(part.content_type, "source")
         file = fields["source"]
-        assert isinstance(file, FilePart), "_file_part checked it"
+        assert isinstance(file, FilePart), "file_part checked it"
         return _Source(part.content_type, part.sha256, file=file)
     upload_id = fields["upload_id"]
     if not isinstance(upload_id, str) or not upload_id:
         raise invalid([{"msg": "'upload_id' must be a text field", "type": "type_error"}], "upload_id")
-    location = _resolve_reference(gateway, "upload_id", None, upload_id)
+    location = resolve_reference(gateway, "upload_id", None, upload_id)
     assert location.key is not None and location.content_type is not None, "an upload resolves to a key"
     _image_only(location.content_type, "upload_id")
-    digest = hashlib.sha256()
     stream = gateway.store.open(location.key)
     try:
-        while chunk := stream.read(_HASH_CHUNK):
-            digest.update(chunk)
+        digest = sha256_of(stream)
     finally:
         stream.close()
-    return _Source(location.content_type, digest.hexdigest(), key=location.key)
+    return _Source(location.content_type, digest, key=location.key)
 
 
 def open_session(
@@ -96,13 +99,8 @@ def open_session(
 ) -> SessionGrant:
     """Check the form, take a slot, store the source and record the session: its grant (websocket_url
     with a single-use token). InvalidRequest, TooLarge, UnsupportedMedia for the form; NoLiveSlot."""
-    unknown = sorted(set(fields) - FIELDS)
-    if unknown:
-        allowed = ", ".join(sorted(FIELDS))
-        raise invalid(
-            [{"msg": f"unknown form fields {unknown}; allowed: {allowed}", "type": "extra_forbidden"}]
-        )
-    options = _json_field(fields.get("options"), LiveOptions, "options")
+    check_fields(fields, FIELDS)
+    options = json_field(fields.get("options"), LiveOptions, "options")
     source = _source(gateway, fields)
     session_id = uuid.uuid4().hex
     reservation = registry.reserve(session_id)

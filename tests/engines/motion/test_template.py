@@ -21,29 +21,7 @@ from engines.motion.template import (
     save_template,
     template_kind,
 )
-
-
-def random_template(n: int = 6, full: bool = True) -> MotionTemplate:
-    rng = np.random.default_rng(n)
-    optional = (
-        {
-            "kp": rng.normal(size=(n, 21, 3)),
-            "x_s": rng.normal(size=(n, 21, 3)),
-            "c_eyes": rng.uniform(size=(n, 2)),
-            "c_lip": rng.uniform(size=(n, 1)),
-        }
-        if full
-        else {}
-    )
-    return MotionTemplate(
-        fps=30.0,
-        exp=rng.normal(size=(n, 21, 3)),
-        R=rng.normal(size=(n, 3, 3)),
-        scale=rng.uniform(1, 2, size=(n, 1)),
-        t=rng.normal(size=(n, 3)),
-        source_name="driving.mp4",
-        **optional,
-    )
+from tests.templates import random_template
 
 
 def official_dict(template: MotionTemplate, legacy: bool = False) -> dict:

@@ -18,11 +18,11 @@ from common.options import AnimationOptions
 from engines.driving import template_motion
 from engines.model import ModelMethods
 from engines.motion.keypoints import MotionInfo
-from engines.motion.template import MotionTemplate
 from engines.motion.transfer import DrivingMotion, MotionTransfer, SmoothedMotion, SourceMotion
 from engines.networks import eye_network, lip_network, stitching_network
 from engines.source import stack_ratios
 from tests.engines.motion.test_transfer import driving_motion, source_motion
+from tests.templates import random_template
 
 META = torch.device("meta")
 N = 4
@@ -102,17 +102,7 @@ def test_source_ratios_and_template_motion_on_the_model_device() -> None:
     ratios = stack_ratios([np.array([0.3, 0.2], dtype=np.float32)] * 3, META)
     assert ratios is not None and ratios.device == META and ratios.shape == (3, 2)
     assert stack_ratios([np.zeros(2, dtype=np.float32), None], META) is None
-    rng = np.random.default_rng(0)
-    template = MotionTemplate(
-        fps=25.0,
-        exp=rng.normal(size=(N, 21, 3)),
-        R=np.tile(np.eye(3), (N, 1, 1)),
-        scale=np.ones((N, 1)),
-        t=np.zeros((N, 3)),
-        c_eyes=np.full((N, 2), 0.3),
-        c_lip=np.full((N, 1), 0.1),
-    )
-    drv = template_motion(template, META)
+    drv = template_motion(random_template(N), META)
     assert drv.eye_ratio is not None and drv.lip_ratio is not None
     tensors = [getattr(drv.info, f.name) for f in fields(drv.info)] + [drv.eye_ratio, drv.lip_ratio]
     assert all(t.device == META for t in tensors)
