@@ -136,7 +136,9 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: InputRef | None = Field(None, description="The portrait: an image or a video (none in a motion job).")
+    source: InputRef | None = Field(
+        None, description="The portrait: an image or a video (none in a motion job)."
+    )
     driving: InputRef | None = Field(None, description="A video, an image or a motion template (.npz).")
     options: AnimationOptions = Field(default_factory=AnimationOptions)
     expression: ExpressionControls | None = Field(None, description=EXPRESSION_DOC)
