@@ -226,7 +226,7 @@ class LiveServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self.batcher.stop()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)  # a frame mid-compose ends: no torch op at exit
         self.redis.close()
         log.info("live.stopped", worker=self.name)
 

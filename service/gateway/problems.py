@@ -122,9 +122,11 @@ def problem_response(
     code: ProblemCode | None = None,
     errors: Sequence[Mapping[str, Any]] | None = None,
     headers: Mapping[str, str] | None = None,
+    extensions: Mapping[str, Any] | None = None,
 ) -> Response:
-    """The problem-details answer of `status`."""
+    """The problem-details answer of `status` (`extensions`: members of its own, RFC 9457 section 3.2)."""
     body: dict[str, Any] = {
+        **(extensions or {}),
         "type": "about:blank",
         "title": _phrase(status),
         "status": status,

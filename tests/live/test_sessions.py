@@ -163,6 +163,27 @@ def test_a_source_that_is_no_image_is_refused(live_stack: Callable[..., LiveStac
     assert answer.status_code == 422, answer.text
 
 
+def test_a_malformed_form_is_refused_as_every_form_is(live_stack: Callable[..., LiveStack]) -> None:
+    """The form's limits answer as a job's do: one problem body, 413 for a size, 422 for the fields."""
+    stack = live_stack()
+    sessions = f"{stack.url}/v1/live/sessions"
+    face = ("face.png", stack.source().read_bytes())
+    answers = {
+        "options over its limit": (
+            httpx.post(sessions, files={"source": face}, data={"options": "x" * 70_000}),
+            413,
+        ),
+        "source and upload_id": (httpx.post(sessions, files={"source": face}, data={"upload_id": "u1"}), 422),
+        "neither": (httpx.post(sessions, data={"options": "{}"}), 422),
+        "an unknown field": (httpx.post(sessions, files={"source": face}, data={"priority": "high"}), 422),
+        "a JSON body": (httpx.post(sessions, json={"source": "face.png"}), 415),
+    }
+    for case, (answer, status) in answers.items():
+        assert answer.status_code == status, (case, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json", case
+    wait_for_slots(stack, 0)
+
+
 def test_the_token_is_single_use(live_stack: Callable[..., LiveStack]) -> None:
     stack = live_stack()
     with stack.client() as client:

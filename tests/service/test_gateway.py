@@ -288,6 +288,8 @@ def test_readyz_and_metrics(gw: Gw, make_settings: Callable[..., Settings], gate
     started = time.monotonic()
     response = httpx.get(f"{down}/readyz")
     assert response.status_code == 503 and response.json()["checks"]["redis"].startswith("error")
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "service_unavailable" and "redis error" in response.json()["detail"]
     assert response.json()["checks"]["storage"] == "ok" and time.monotonic() - started < 5
     assert httpx.get(f"{down}/healthz").status_code == 200
     job = httpx.post(f"{down}/v1/jobs", files=gw.files())

@@ -7,6 +7,7 @@ stack still follows such a face in a video once it has found it, and BlazeFace f
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -50,6 +51,7 @@ class HaarAnalyzer:
         min_size_ratio: float = 0.05,
     ) -> None:
         self._cascade = cv2.CascadeClassifier(str(cascade_path))
+        self._lock = threading.Lock()  # one cascade serves a job's thread and the live sessions' pool
         if self._cascade.empty():
             raise FileNotFoundError(f"cannot load Haar cascade {cascade_path}")
         self.scale_factor = scale_factor
@@ -62,9 +64,10 @@ class HaarAnalyzer:
         check_rgb_image(image_rgb)
         gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
         side = max(24, round(min(gray.shape) * self.min_size_ratio))
-        rects = self._cascade.detectMultiScale(
-            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(side, side)
-        )
+        with self._lock:
+            rects = self._cascade.detectMultiScale(
+                gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(side, side)
+            )
         faces = [
             Face(box=np.array([x, y, x + w, y + h], dtype=np.float32), score=1.0) for x, y, w, h in rects
         ]

@@ -2,14 +2,19 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.gateway.problems import problem_response, responses
 from service.gateway.state import Gateway, get_gateway
 
 router = APIRouter(tags=["health"])
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+_NOT_READY = responses(503)
+_NOT_READY[503]["description"] = (
+    "Redis or storage unreachable: `checks` says which (a problem with that member)."
+)
 
 
 @router.get("/healthz", operation_id="healthz", summary="Liveness")
@@ -22,10 +27,10 @@ def healthz() -> dict[str, str]:
     "/readyz",
     operation_id="readyz",
     summary="Readiness: Redis and storage reachable",
-    responses={503: {"description": "Redis or storage unreachable."}},
+    responses=_NOT_READY,
 )
-def readyz(gateway: GatewayDep) -> JSONResponse:
-    """200 when Redis answers and the store is usable, else 503 naming what failed."""
+def readyz(request: Request, gateway: GatewayDep) -> Response:
+    """200 when Redis answers and the store is usable, else a 503 problem whose `checks` name what failed."""
     checks: dict[str, str] = {}
     try:
         gateway.queue.ping()
@@ -37,10 +42,11 @@ def readyz(gateway: GatewayDep) -> JSONResponse:
         checks["storage"] = "ok"
     except Exception as exc:  # any failure means not ready
         checks["storage"] = f"error: {type(exc).__name__}"
-    ready = all(value == "ok" for value in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
-    )
+    failed = [name for name, value in checks.items() if value != "ok"]
+    if failed:
+        detail = f"not ready: {', '.join(f'{name} {checks[name]}' for name in failed)}"
+        return problem_response(request.url.path, 503, detail, extensions={"checks": checks})
+    return JSONResponse({"status": "ready", "checks": checks})
 
 
 @router.get("/metrics", operation_id="metrics", summary="Prometheus metrics", response_class=Response)

@@ -14,13 +14,16 @@ from common.live import SessionGrant
 from service.contract import ID_PATTERN
 from service.gateway.auth import ApiScope
 from service.gateway.problems import AUTHENTICATED, responses
-from service.gateway.routes.http import answering, form_fields
+from service.gateway.routes.http import answering, form_fields, reading_form
+from service.gateway.services import UnsupportedMedia
 from service.gateway.services import live as live_service
 from service.gateway.state import Gateway, get_gateway
 from service.live import LiveRegistry
 
 router = APIRouter(prefix="/v1/live", tags=["live"])
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+MAX_FORM_FIELD = 64 * 1024
+"""The largest text field of a session's form (its `options`)."""
 
 _REQUEST_BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -38,10 +41,12 @@ _REQUEST_BODY_DOC: dict[str, Any] = {
                         },
                         "upload_id": {
                             "type": "string",
+                            "minLength": 1,
                             "description": "Instead of `source`: a direct upload.",
                         },
                         "options": {"type": "string", "description": "LiveOptions as JSON."},
                     },
+                    "oneOf": [{"required": ["source"]}, {"required": ["upload_id"]}],
                 }
             }
         },
@@ -49,8 +54,7 @@ _REQUEST_BODY_DOC: dict[str, Any] = {
 }
 
 
-_RESPONSES = responses(*AUTHENTICATED, 400, 413, 415, 422)
-_RESPONSES[400]["description"] = "A form that cannot be parsed (malformed, or more than its three fields)."
+_RESPONSES = responses(*AUTHENTICATED, 413, 415, 422)
 _RESPONSES[503]["description"] = (
     "No live worker has a free slot (retry after `Retry-After` seconds), or Redis or storage is unavailable."
 )
@@ -76,12 +80,12 @@ async def create_live_session(request: Request, gateway: GatewayDep, scope: ApiS
     as JSON).
     Connect to the answer's `websocket_url` within its token's life (docs/api.md, "Live sessions")."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raise HTTPException(status_code=415, detail="send a form: multipart/form-data")
     registry = live_registry(request)
     with answering():
-        async with request.form(
-            max_files=1, max_fields=len(live_service.FIELDS), max_part_size=64 * 1024
+        if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            raise UnsupportedMedia("send a form: multipart/form-data")
+        async with reading_form(
+            request, max_files=1, max_fields=len(live_service.FIELDS), max_part_size=MAX_FORM_FIELD
         ) as form:
             try:
                 return await run_in_threadpool(
