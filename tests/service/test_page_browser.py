@@ -178,6 +178,7 @@ def test_browser_animate_job_plays_in_a_video(stack, page: Page, inputs: tuple[P
         "id => document.querySelector('#jobs-body').innerText.includes(`${id}`)", arg=job_id[:8]
     )
     assert "succeeded" in page.locator("#jobs-body tr").first.inner_text()
+    page.click("text=Animation options")  # folded, so that the screenshot shows the result playing
     screenshot(page, "animate")
 
 
