@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
 import tempfile
 import threading
@@ -171,10 +170,9 @@ class LiveServer:
         batcher: FrameBatcher | None = None,
     ) -> None:
         from engines.live.batcher import FrameBatcher
-        from engines.live.tracking import SerialAnalyzer
 
         self.settings = settings
-        self.engine = dataclasses.replace(engine, analyzer=SerialAnalyzer(engine.analyzer))
+        self.engine = engine  # its analyzer is safe to call from threads (the Haar cascade holds a lock)
         self.name = name
         self.cache = cache
         self.store = store or make_store(settings)
@@ -188,6 +186,8 @@ class LiveServer:
         )
         self.limits = settings.live_limits()
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="live-frames")
+        self.face_checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-face-checks")
+        """Where the sessions' periodic checks of the driving face run, off their frames' path."""
         self.counters = LiveCounters()
         self.address = ""
         self._sessions: dict[str, Outbox] = {}
@@ -227,6 +227,7 @@ class LiveServer:
         self._thread.join(timeout=10)
         self.batcher.stop()
         self.pool.shutdown(wait=True, cancel_futures=True)  # a frame mid-compose ends: no torch op at exit
+        self.face_checks.shutdown(wait=True, cancel_futures=True)
         self.redis.close()
         log.info("live.stopped", worker=self.name)
 
@@ -369,7 +370,9 @@ class _Connection:
             self.error(exc)
             self.close("source_refused", f"the source cannot be animated: {exc.message}")
             return None
-        session = LiveSession(server.engine, prepared, options, server.limits.max_frame_pixels)
+        session = LiveSession(
+            server.engine, prepared, options, server.limits.max_frame_pixels, executor=server.face_checks
+        )
         height, width = prepared.crop.frame.shape[:2]
         ready = Ready(
             session_id=self.record.session_id,

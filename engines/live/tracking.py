@@ -9,7 +9,6 @@ resized to DETECT_SIDE pixels. The face comes back in the frame's pixels.
 """
 
 import dataclasses
-import threading
 from concurrent.futures import Executor, Future
 
 import cv2
@@ -172,26 +171,3 @@ class DrivingCropper:
         crop = cv2.warpAffine(rgb, self._M[:2], (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR)
         return crop, self.face
 
-
-class SerialAnalyzer:
-    """A face analyzer whose calls run one at a time: OpenCV's cascade classifier (the Haar stack) is not
-    safe to call from two threads at once, and live sessions track faces on a pool of threads."""
-
-    def __init__(self, analyzer: FaceAnalyzer) -> None:
-        self.analyzer = analyzer
-        self.has_landmarks = analyzer.has_landmarks
-        self._lock = threading.Lock()
-
-    def detect(self, image_rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
-        with self._lock:
-            return self.analyzer.detect(image_rgb, min_score)
-
-    def faces(self, image_rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
-        with self._lock:
-            return self.analyzer.faces(image_rgb, min_score)
-
-    def landmarks(
-        self, image_rgb: np.ndarray, prev: Face | None = None, min_score: float | None = None
-    ) -> Face | None:
-        with self._lock:
-            return self.analyzer.landmarks(image_rgb, prev, min_score)

@@ -124,7 +124,9 @@ class BoxDetector(Protocol):
 
 @runtime_checkable
 class FaceAnalyzer(Protocol):
-    """Finds faces and, where ``has_landmarks``, their landmarks."""
+    """Finds faces and, where ``has_landmarks``, their landmarks. Safe to call from several threads at
+    once (a worker's job and its live sessions share one): ONNX Runtime sessions are, and the Haar
+    cascade, which is not, runs under a lock of its own."""
 
     has_landmarks: bool
 

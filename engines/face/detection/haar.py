@@ -35,6 +35,10 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-9)
 
 
+TRACK_SIZES = (0.6, 1.6)
+"""The face sides searched when following a face, in sides of its last box."""
+
+
 class HaarAnalyzer:
     """Frontal-face Haar cascade. Gives boxes only (``has_landmarks`` is False, score is 1.0).
 
@@ -62,11 +66,23 @@ class HaarAnalyzer:
         """Faces in an ``(H, W, 3)`` RGB uint8 image, largest box first. The cascade gives no scores,
         so ``min_score`` (a job's det_thresh) does not apply; ``min_neighbors`` is its strictness."""
         check_rgb_image(image_rgb)
+        return self._search(image_rgb, None)
+
+    def _search(self, image_rgb: np.ndarray, sides: tuple[int, int] | None) -> list[Face]:
+        """The cascade over every face side from the smallest searched (``min_size_ratio``), or only
+        over ``sides`` (smallest, largest) when given; largest box first."""
         gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
-        side = max(24, round(min(gray.shape) * self.min_size_ratio))
+        smallest = max(24, round(min(gray.shape) * self.min_size_ratio))
+        low, high = (smallest, 0) if sides is None else (max(smallest, sides[0]), sides[1])
+        if sides is not None and high < low:
+            return []
         with self._lock:
             rects = self._cascade.detectMultiScale(
-                gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(side, side)
+                gray,
+                scaleFactor=self.scale_factor,
+                minNeighbors=self.min_neighbors,
+                minSize=(low, low),
+                maxSize=(high, high),
             )
         faces = [
             Face(box=np.array([x, y, x + w, y + h], dtype=np.float32), score=1.0) for x, y, w, h in rects
@@ -81,8 +97,15 @@ class HaarAnalyzer:
         self, image_rgb: np.ndarray, prev: Face | None = None, min_score: float | None = None
     ) -> Face | None:
         """Box-only tracking: the detection overlapping ``prev`` most (the largest one without
-        ``prev`` or overlap); ``prev`` itself when this frame has no detection."""
-        faces = self.detect(image_rgb)
+        ``prev`` or overlap); ``prev`` itself when this frame has no detection. With ``prev``, only
+        faces of TRACK_SIZES times its side are searched (a face does not grow or shrink more
+        between two frames), a fraction of the cascade's work."""
+        check_rgb_image(image_rgb)
+        if prev is None:
+            faces = self._search(image_rgb, None)
+        else:
+            side = float(max(prev.box[2] - prev.box[0], prev.box[3] - prev.box[1]))
+            faces = self._search(image_rgb, (round(side * TRACK_SIZES[0]), round(side * TRACK_SIZES[1])))
         if not faces:
             return prev
         if prev is None:
