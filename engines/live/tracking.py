@@ -170,4 +170,3 @@ class DrivingCropper:
             raise LiveError("no_face", "no face was found in the driving frame")
         crop = cv2.warpAffine(rgb, self._M[:2], (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR)
         return crop, self.face
-
