@@ -14,7 +14,9 @@ stand-in's M/W/G (its `render` column: tensor fills of the real shapes, not the 
 JPEG encode, and the WebSocket hops. Each configuration runs twice, in the same run: through the
 gateway (client -> gateway -> worker and back, what clients get) and straight to the worker (the
 baseline: the gateway's relay is the difference). Frames the worker dropped (a newer one arrived
-first: latest wins) are counted, not timed.
+first: latest wins) are counted, not timed. The `added` columns are each frame's latency less its
+own render time (the stand-in's M, transfer and W+G, which a real model replaces): the latency the
+service adds around the model.
 """
 
 from __future__ import annotations
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                     records = [run.result() for run in runs]
                 latencies = [x for r in records for x in r.latencies]
                 splits = [s for r in records for s in r.splits]
+                added = [x - split["render"] / 1000 for x, split in zip(latencies, splits, strict=True)]
                 rows.append(
                     (
                         sessions,
@@ -218,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                         sum(r.dropped for r in records),
                         1000 * percentile(latencies, 0.5),
                         1000 * percentile(latencies, 0.99),
+                        1000 * percentile(added, 0.5),
+                        1000 * percentile(added, 0.99),
                         {k: median(s[k] for s in splits) for k in SPLIT},
                     )
                 )
@@ -226,13 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine(args.redis_url)}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"512 x 512 JPEG frames at {args.fps:g} fps, {args.seconds:g} s per configuration, output crop\n")
     print(
-        "| sessions | path | frames sent | answered | dropped | p50 ms | p99 ms "
-        "| worker p50 ms: decode / track / render / encode / all |"
+        "| sessions | path | frames sent | answered | dropped | p50 ms | p99 ms | added p50 ms "
+        "| added p99 ms | worker p50 ms: decode / track / render / encode / all |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for sessions, path, sent, answered, dropped, p50, p99, split in rows:
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for sessions, path, sent, answered, dropped, p50, p99, added50, added99, split in rows:
         worker = " / ".join(f"{split[k]:.1f}" for k in SPLIT)
-        print(f"| {sessions} | {path} | {sent} | {answered} | {dropped} | {p50:.1f} | {p99:.1f} | {worker} |")
+        print(
+            f"| {sessions} | {path} | {sent} | {answered} | {dropped} | {p50:.1f} | {p99:.1f} "
+            f"| {added50:.1f} | {added99:.1f} | {worker} |"
+        )
     return 0
 
 

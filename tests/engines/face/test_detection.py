@@ -181,6 +181,22 @@ def test_haar_tracking_follows_the_previous_box_and_holds_it_without_a_face() ->
     assert again is not None and np.allclose(again.box, first.box)
 
 
+def test_haar_tracking_searches_only_sizes_near_the_previous_face() -> None:
+    """A face followed from a box of about its size is found; from a box of a third of its side or of
+    three times it, it is out of the sizes searched: the tracker holds `prev` (lost, for its caller)."""
+    haar = HaarAnalyzer()
+    image = skimage.data.astronaut()
+    first = haar.landmarks(image)
+    assert first is not None
+    centre = (first.box[:2] + first.box[2:]) / 2
+    for factor, found in ((1.2, True), (1 / 3, False), (3.0, False)):
+        half = (first.box[2:] - first.box[:2]) * factor / 2
+        prev = Face(box=np.concatenate([centre - half, centre + half]).astype(np.float32), score=1.0)
+        face = haar.landmarks(image, prev=prev)
+        assert (face is not prev) == found, factor
+        assert face is prev or iou(face.box, first.box) > 0.7
+
+
 def test_landmark_options_refuse_with_the_haar_detector() -> None:
     haar = HaarAnalyzer()
     assert not haar.has_landmarks and isinstance(haar, FaceAnalyzer)
