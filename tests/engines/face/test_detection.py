@@ -193,7 +193,7 @@ def test_haar_tracking_searches_only_sizes_near_the_previous_face() -> None:
         half = (first.box[2:] - first.box[:2]) * factor / 2
         prev = Face(box=np.concatenate([centre - half, centre + half]).astype(np.float32), score=1.0)
         face = haar.landmarks(image, prev=prev)
-        assert (face is not prev) == found, factor
+        assert face is not None and (face is not prev) == found, factor
         assert face is prev or iou(face.box, first.box) > 0.7
 
 
