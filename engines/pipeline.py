@@ -132,9 +132,18 @@ class Animator:
         *,
         limits: Limits | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> MotionTemplate:
-        """A driving video's motion template (pass 1 alone: `liveportrait motion extract`)."""
-        return video_motion(self.engine, driving, options, limits=limits, should_cancel=should_cancel)
+        """A driving video's motion template (pass 1 alone: `liveportrait motion extract`); `progress`
+        hears extracting_motion with the frames read."""
+        return video_motion(
+            self.engine,
+            driving,
+            options,
+            limits=limits,
+            should_cancel=should_cancel,
+            frames_read=functools.partial(_report, progress, EXTRACTING_MOTION),
+        )
 
     def animate(self, request: AnimateRequest) -> AnimateResult:
         """Run the file job `request` (engines.request) to its output file."""

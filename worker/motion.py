@@ -60,8 +60,9 @@ class MotionExtractor(Protocol):
         *,
         limits: Any = None,
         should_cancel: Callable[[], bool] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> MotionTemplate:
-        """Pass 1 over a driving video: its per-frame motion."""
+        """Pass 1 over a driving video: its per-frame motion (`progress`: the frames read)."""
         ...
 
 
@@ -158,7 +159,9 @@ def make_template(
     key = cache.key(driving, options)
     template = cache.get(key, output)
     if template is None:
-        template = extractor.extract_motion(driving, options, limits=limits, should_cancel=should_cancel)
+        template = extractor.extract_motion(
+            driving, options, limits=limits, should_cancel=should_cancel, progress=progress
+        )
         save_template(output, template)
         cache.put(key, output)
     progress(ProgressEvent(FINALIZING))

@@ -22,6 +22,7 @@ from common.media import MOTION_TEMPLATE
 from engines.motion.template import load_template
 from liveportrait.cli import main
 from service.client import Client
+from service.queue import JobQueue, connect
 from service.settings import Settings
 from tests.worker.doubles import running_worker, write_png, write_video
 from worker.runner import WorkerEngine
@@ -102,6 +103,12 @@ def test_templates_drive_jobs_to_the_video_s_frames_and_are_cached(
         assert final.status == "succeeded" and final.result is not None, final
         assert (final.result.content_type, final.result.frames) == (MOTION_TEMPLATE, FRAMES)
         assert sum(frames_through_m) == FRAMES, "the motion job reads every driving frame once"
+        read = [
+            event.record.phase_done
+            for event in JobQueue(connect(settings), settings).events(motion_job.id)
+            if event.record.phase == "extracting_motion"
+        ]
+        assert read == sorted(read) and read[-1] == FRAMES, read  # frames read, not only the phase entered
         client.download(motion_job.id, tmp_path / "job.npz")
 
         frames_through_m.clear()
