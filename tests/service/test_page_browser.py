@@ -157,10 +157,12 @@ def test_browser_animate_job_plays_in_a_video(stack, page: Page, inputs: tuple[P
         """async (video) => {
             video.muted = true;
             await video.play();
+            // read as a frame is presented: a clip of 2 frames that loops may be seeking back later
             const frame = await new Promise((resolve) =>
-                video.requestVideoFrameCallback((now, metadata) => resolve(metadata)));
-            return {readyState: video.readyState, width: video.videoWidth, height: video.videoHeight,
-                    duration: video.duration, presented: frame.presentedFrames};
+                video.requestVideoFrameCallback((now, metadata) =>
+                    resolve({readyState: video.readyState, presented: metadata.presentedFrames})));
+            return {readyState: frame.readyState, width: video.videoWidth, height: video.videoHeight,
+                    duration: video.duration, presented: frame.presented};
         }"""
     )
     assert shown["readyState"] >= 2 and shown["presented"] >= 1, shown
