@@ -17,8 +17,6 @@ import torch
 from common.options import AnimationOptions
 from engines.source import SOURCE_OPTIONS, PreparedSource
 
-_CHUNK = 1024 * 1024
-
 
 @dataclass(frozen=True)
 class SourceKey:
@@ -30,11 +28,8 @@ class SourceKey:
 
 def source_key(path: Path, options: AnimationOptions) -> SourceKey:
     """The cache key of `path` prepared with `options`."""
-    digest = hashlib.sha256()
     with Path(path).open("rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return content_key(digest.hexdigest(), options)
+        return content_key(hashlib.file_digest(file, "sha256").hexdigest(), options)
 
 
 def content_key(digest: str, options: AnimationOptions) -> SourceKey:

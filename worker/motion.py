@@ -47,7 +47,6 @@ MOTION_OPTIONS = (
 """The animation options that change the motion read from a driving video (its auto-crop, and the
 detector threshold of its landmarks)."""
 CACHE_PREFIX = "motion-cache/"
-_CHUNK = 1024 * 1024
 
 
 class MotionExtractor(Protocol):
@@ -95,10 +94,8 @@ class MotionCache:
 
     def key(self, video: Path, options: AnimationOptions) -> str:
         """The entry of a driving video's motion: its bytes, the motion options, the engine."""
-        digest = hashlib.sha256()
         with video.open("rb") as file:
-            while chunk := file.read(_CHUNK):
-                digest.update(chunk)
+            digest = hashlib.file_digest(file, "sha256")
         given = {"options": {name: getattr(options, name) for name in MOTION_OPTIONS}, "engine": self.engine}
         tail = hashlib.sha256(json.dumps(given, sort_keys=True).encode()).hexdigest()[:16]
         return f"{digest.hexdigest()}-{tail}"
