@@ -66,15 +66,14 @@ class HaarAnalyzer:
         """Faces in an ``(H, W, 3)`` RGB uint8 image, largest box first. The cascade gives no scores,
         so ``min_score`` (a job's det_thresh) does not apply; ``min_neighbors`` is its strictness."""
         check_rgb_image(image_rgb)
-        return self._search(image_rgb, None)
+        return self._search(image_rgb)
 
-    def _search(self, image_rgb: np.ndarray, sides: tuple[int, int] | None) -> list[Face]:
-        """The cascade over every face side from the smallest searched (``min_size_ratio``), or only
-        over ``sides`` (smallest, largest) when given; largest box first."""
+    def _search(self, image_rgb: np.ndarray, sides: tuple[int, int] = (0, 0)) -> list[Face]:
+        """The cascade over the face sides within ``sides`` (smallest, largest; 0: no bound), never
+        below the smallest one searched (``min_size_ratio``); largest box first."""
         gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
-        smallest = max(24, round(min(gray.shape) * self.min_size_ratio))
-        low, high = (smallest, 0) if sides is None else (max(smallest, sides[0]), sides[1])
-        if sides is not None and high < low:
+        low, high = max(24, round(min(gray.shape) * self.min_size_ratio), sides[0]), sides[1]
+        if 0 < high < low:
             return []
         with self._lock:
             rects = self._cascade.detectMultiScale(
@@ -102,7 +101,7 @@ class HaarAnalyzer:
         between two frames), a fraction of the cascade's work."""
         check_rgb_image(image_rgb)
         if prev is None:
-            faces = self._search(image_rgb, None)
+            faces = self._search(image_rgb)
         else:
             side = float(max(prev.box[2] - prev.box[0], prev.box[3] - prev.box[1]))
             faces = self._search(image_rgb, (round(side * TRACK_SIZES[0]), round(side * TRACK_SIZES[1])))
