@@ -13,6 +13,9 @@ from starlette.exceptions import HTTPException
 from service.gateway.problems import from_service
 from service.gateway.services import FilePart, FormFields, InvalidRequest, ServiceError, TooLarge
 
+MAX_JSON_BODY = 64 * 1024
+"""The most bytes of JSON text a request may send: a JSON body, or a text field of a form."""
+
 
 @contextmanager
 def answering() -> Iterator[None]:

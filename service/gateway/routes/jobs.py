@@ -23,7 +23,7 @@ from service.contract import PRIORITIES, Job, JobPage, JobRequest
 from service.gateway.auth import AUTH_OPENAPI, ApiScope, authorize
 from service.gateway.listing import CURSOR_PATTERN
 from service.gateway.problems import AUTHENTICATED, responses
-from service.gateway.routes.http import answering, form_fields, reading_form
+from service.gateway.routes.http import MAX_JSON_BODY, answering, form_fields, reading_form
 from service.gateway.services import TooLarge, UnsupportedMedia
 from service.gateway.services import jobs as job_service
 from service.gateway.state import Gateway, get_gateway
@@ -32,7 +32,6 @@ from service.media import MOTION_TEMPLATE
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
-MAX_JSON_BODY = 64 * 1024
 """The largest JSON job request, and the largest text field of a multipart one (413 over it)."""
 
 _REQUEST_BODY_DOC: dict[str, Any] = {

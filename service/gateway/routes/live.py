@@ -14,7 +14,7 @@ from common.live import SessionGrant
 from service.contract import ID_PATTERN
 from service.gateway.auth import ApiScope
 from service.gateway.problems import AUTHENTICATED, responses
-from service.gateway.routes.http import answering, form_fields, reading_form
+from service.gateway.routes.http import MAX_JSON_BODY, answering, form_fields, reading_form
 from service.gateway.services import UnsupportedMedia
 from service.gateway.services import live as live_service
 from service.gateway.state import Gateway, get_gateway
@@ -22,8 +22,6 @@ from service.live import LiveRegistry
 
 router = APIRouter(prefix="/v1/live", tags=["live"])
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
-MAX_FORM_FIELD = 64 * 1024
-"""The largest text field of a session's form (its `options`)."""
 
 _REQUEST_BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -85,7 +83,7 @@ async def create_live_session(request: Request, gateway: GatewayDep, scope: ApiS
         if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
             raise UnsupportedMedia("send a form: multipart/form-data")
         async with reading_form(
-            request, max_files=1, max_fields=len(live_service.FIELDS), max_part_size=MAX_FORM_FIELD
+            request, max_files=1, max_fields=len(live_service.FIELDS), max_part_size=MAX_JSON_BODY
         ) as form:
             try:
                 return await run_in_threadpool(
